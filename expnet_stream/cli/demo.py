@@ -1,0 +1,194 @@
+"""`expnet-stream demo`: embedded broker, ingest, worker and subscriber in one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaProducer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..client import Subscriber
+from ..config.settings import load_settings
+from ..events.schema import FrameEvent, StreamSummary
+from ..kafka.broker import EmbeddedBroker
+from ..kafka.topics import ensure_topics
+from ..video.ingest import ingest
+from ..video.sample import sample_video
+from ..worker.runtime import build_detector, build_engine
+from ..worker.worker import Worker
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if values else None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    videos = [str(v) for v in args.videos] or [str(sample_video())]
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    run_id = uuid.uuid4().hex[:6]
+    broker = None if args.bootstrap else EmbeddedBroker().start()
+    bootstrap = args.bootstrap or (broker.bootstrap if broker else "")
+    overrides: dict[str, Any] = {"kafka": {"bootstrap": bootstrap}, "group_id": f"expnet-demo-{run_id}"}
+    if args.sample_fps:
+        overrides["sampling"] = {"fps": args.sample_fps}
+    if args.bootstrap:  # a shared cluster: keep this run's data apart
+        overrides["topics"] = {k: f"{v}.demo-{run_id}" for k, v in
+                               {"input": "expnet.video", "expressions": "expnet.expressions",
+                                "emotions": "expnet.emotions", "dlq": "expnet.dlq"}.items()}
+    settings = load_settings(config, overrides)
+    try:
+        return _run(args, console, settings, videos, broker is not None)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list[str], embedded: bool) -> int:
+    ensure_topics(settings.kafka, settings.topics)
+    with console.status("loading model and detector (first run exports the ONNX model)"):
+        engine = build_engine(settings)
+        detector = build_detector(settings)
+    if not engine.contract.trained:
+        console.print(
+            f"[bold red]WARNING: model {engine.model_id} has UNTRAINED (random) weights; the coefficients are "
+            "NOT expressions. Every event says so (model_trained=false).[/]"
+        )
+    worker = Worker(settings, detector, engine)
+    streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]
+    ingested: dict[str, int] = {}
+    ingest_errors: list[str] = []
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), acks="all", linger_ms=5,
+                             max_in_flight_requests_per_connection=1, max_request_size=settings.max_packet_bytes)
+
+    def ingest_one(src: str, sid: str) -> None:
+        try:
+            stats = ingest(src, sid, lambda k, v: producer.send(settings.topics.input, key=k.encode(), value=v),
+                           realtime=not args.fast)
+            ingested[sid] = stats.packets
+        except Exception as exc:  # noqa: BLE001 - shown in the summary
+            ingest_errors.append(f"{sid}: {exc}")
+
+    sub = Subscriber(settings.kafka.bootstrap, settings.topics.expressions, dedupe=True)
+    worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    t_start = time.time()
+    worker_thread.start()
+    with console.status("waiting for the worker to join its consumer group"):
+        join_deadline = time.monotonic() + 30
+        while not worker.assigned and time.monotonic() < join_deadline and worker_thread.is_alive():
+            time.sleep(0.05)
+    t_start = time.time()
+    ingest_threads = [threading.Thread(target=ingest_one, args=s, daemon=True) for s in streams]
+    for t in ingest_threads:
+        t.start()
+
+    frames = 0
+    frames_with_faces = 0
+    faces = 0
+    latencies: list[float] = []
+    summaries: dict[str, StreamSummary] = {}
+    first_rx: float | None = None
+    last_rx = t_start
+    deadline = time.monotonic() + args.timeout
+
+    def table() -> Table:
+        tb = Table(title=f"expnet-stream demo - {engine.model_id}", show_header=False)
+        tb.add_row("streams done", f"{len(summaries)}/{len(streams)}")
+        tb.add_row("packets ingested", str(sum(ingested.values())) + ("" if len(ingested) == len(streams) else " ..."))
+        tb.add_row("events received", str(frames))
+        tb.add_row("frames with faces", str(frames_with_faces))
+        tb.add_row("faces", str(faces))
+        el = max(1e-6, time.time() - t_start)
+        tb.add_row("throughput", f"{frames / el:.1f} frames/s")
+        if latencies:
+            tb.add_row("latency p50/p99", f"{_percentile(latencies, 50)} / {_percentile(latencies, 99)} s")
+        return tb
+
+    with Live(table(), console=console, refresh_per_second=4, transient=args.json) as live:
+        while len(summaries) < len(streams) and time.monotonic() < deadline:
+            if ingest_errors and not any(t.is_alive() for t in ingest_threads) and len(ingested) + len(
+                    ingest_errors) == len(streams) and not ingested:
+                break
+            for item in sub.poll(0.25):
+                ev = item.event
+                if isinstance(ev, FrameEvent):
+                    frames += 1
+                    if ev.faces:
+                        frames_with_faces += 1
+                        faces += len(ev.faces)
+                    latencies.append(item.receive_time - ev.capture_time)
+                    first_rx = first_rx or item.receive_time
+                    last_rx = item.receive_time
+                elif isinstance(ev, StreamSummary):
+                    summaries[ev.stream_id] = ev
+            live.update(table())
+    worker.stop()
+    worker_thread.join(timeout=30)
+    worker.close()
+    producer.close()
+    sub.close()
+    elapsed = max(1e-6, last_rx - t_start)
+    summary = {
+        "model_id": engine.model_id,
+        "model_trained": engine.contract.trained,
+        "warning": None if engine.contract.trained else "UNTRAINED weights: coefficients are not expressions",
+        "broker": "embedded tansu (127.0.0.1)" if embedded else settings.kafka.bootstrap,
+        "detector": settings.detector.name,
+        "videos": videos,
+        "streams": len(streams),
+        "streams_completed": len(summaries),
+        "pacing": "as fast as possible" if args.fast else "realtime",
+        "frames_ingested": sum(ingested.values()),
+        "frames_decoded": sum(s.frames_decoded for s in summaries.values()),
+        "frames_sampled": sum(s.frames_sampled for s in summaries.values()),
+        "frames_with_faces": frames_with_faces,
+        "faces": faces,
+        "events_published": worker.stats.frame_events,
+        "events_received": frames,
+        "dead_letters": dict(worker.stats.dead_letters),
+        "ingest_errors": ingest_errors,
+        "seconds": round(elapsed, 3),
+        "throughput_frames_per_s": round(frames / elapsed, 2),
+        "latency_s": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99),
+                      "definition": "subscriber receive time - packet ingest time"},
+        "stages": worker.stages.breakdown(),
+    }
+    ok = (
+        len(summaries) == len(streams)
+        and summary["events_received"] == summary["frames_sampled"]
+        and not ingest_errors
+    )
+    summary["ok"] = ok
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(console, summary)
+    return 0 if ok else 1
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    tb = Table(title="demo summary", show_header=False)
+    for key in ("model_id", "broker", "detector", "pacing", "streams_completed", "frames_ingested", "frames_decoded",
+                "frames_sampled", "frames_with_faces", "faces", "events_published", "events_received",
+                "throughput_frames_per_s"):
+        tb.add_row(key, str(s[key]))
+    tb.add_row("latency p50 / p99 (s)", f"{s['latency_s']['p50']} / {s['latency_s']['p99']}")
+    for stage, v in s["stages"].items():
+        tb.add_row(f"stage {stage}", f"{v['seconds']:.2f} s ({100 * v['share']:.0f}%)")
+    if s["dead_letters"]:
+        tb.add_row("dead letters", str(s["dead_letters"]))
+    console.print(tb)
+    if s["warning"]:
+        console.print(f"[bold red]{s['warning']}[/]")
+    console.print("[green]OK[/]" if s["ok"] else "[red]INCOMPLETE: see the counts above[/]")

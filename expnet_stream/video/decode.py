@@ -1,0 +1,119 @@
+"""Per-stream PyAV decoder fed with packets from the input topic."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DecodeError
+from ..events.schema import VideoPacket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """A decoded frame as BGR pixels with its timing."""
+
+    image: npt.NDArray[np.uint8]
+    pts: int | None
+    time_base: tuple[int, int]
+
+    @property
+    def pts_time(self) -> float:
+        if self.pts is None:
+            return 0.0
+        return float(self.pts) * self.time_base[0] / self.time_base[1]
+
+
+class StreamDecoder:
+    """Decodes one stream's packets in decode order. Not thread-safe; one per stream.
+
+    The codec context is (re)opened with the extradata carried by keyframes; a change of codec,
+    extradata or size on a keyframe reopens it. Packets before the first keyframe raise
+    :class:`DecodeError` (the caller counts them as skipped).
+    """
+
+    def __init__(self, stream_id: str, threads: int = 1) -> None:
+        self.stream_id = stream_id
+        self.threads = threads
+        self._ctx: av.codec.context.CodecContext | None = None
+        self._key: tuple[str, bytes | None, int, int] | None = None
+        self.waiting_for_keyframe = True
+        self._time_base: tuple[int, int] = (1, 1)
+
+    def _open(self, pkt: VideoPacket) -> None:
+        try:
+            ctx = av.CodecContext.create(pkt.codec, "r")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise DecodeError(f"stream {self.stream_id}: unsupported codec {pkt.codec!r}: {exc}") from exc
+        if not isinstance(ctx, av.VideoCodecContext):
+            raise DecodeError(f"stream {self.stream_id}: codec {pkt.codec!r} is not a video codec")
+        if pkt.extradata:
+            ctx.extradata = pkt.extradata
+        if pkt.width and pkt.height:
+            ctx.width, ctx.height = pkt.width, pkt.height
+        ctx.thread_count = self.threads
+        self._ctx = ctx
+        self._key = (pkt.codec, pkt.extradata, pkt.width, pkt.height)
+        log.debug("opened decoder stream=%s codec=%s %dx%d", self.stream_id, pkt.codec, pkt.width, pkt.height)
+
+    def decode(self, pkt: VideoPacket) -> list[DecodedFrame]:
+        """Decode one packet; returns the frames it completes (zero or more, presentation order)."""
+        frames: list[DecodedFrame] = []
+        if pkt.keyframe:
+            key = (pkt.codec, pkt.extradata if pkt.extradata is not None else (self._key[1] if self._key else None),
+                   pkt.width, pkt.height)
+            if self._ctx is None or key != self._key:
+                if self._ctx is not None:
+                    frames.extend(self.flush())
+                    log.info("stream=%s decoder parameters changed; reopening", self.stream_id)
+                self._open(pkt)
+            self.waiting_for_keyframe = False
+        if self._ctx is None or self.waiting_for_keyframe:
+            raise DecodeError(f"stream {self.stream_id}: packet seq={pkt.seq} before the first keyframe")
+        if self._key is not None and pkt.codec != self._key[0]:
+            raise DecodeError(f"stream {self.stream_id}: codec changed to {pkt.codec!r} on a non-keyframe")
+        self._time_base = pkt.time_base
+        packet = av.Packet(pkt.data)
+        packet.pts = pkt.pts
+        packet.dts = pkt.dts
+        packet.time_base = _fraction(pkt.time_base)
+        try:
+            out = self._ctx.decode(packet)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise DecodeError(f"stream {self.stream_id}: packet seq={pkt.seq} failed to decode: {exc}") from exc
+        frames.extend(self._convert(out, pkt.time_base))
+        return frames
+
+    def flush(self) -> list[DecodedFrame]:
+        """Drain the frames the decoder still holds (end of stream, revoke, reopen)."""
+        if self._ctx is None:
+            return []
+        try:
+            out = self._ctx.decode(None)
+        except (av.error.FFmpegError, ValueError) as exc:
+            log.warning("stream=%s flush failed: %s", self.stream_id, exc)
+            out = []
+        tb = self._time_base
+        self._ctx = None
+        self._key = None
+        self.waiting_for_keyframe = True
+        return self._convert(out, tb)
+
+    @staticmethod
+    def _convert(frames: list[av.VideoFrame], time_base: tuple[int, int]) -> list[DecodedFrame]:
+        out = []
+        for f in frames:
+            image = f.to_ndarray(format="bgr24")
+            out.append(DecodedFrame(image=image, pts=f.pts, time_base=time_base))
+        return out
+
+
+def _fraction(tb: tuple[int, int]) -> Fraction:
+    return Fraction(tb[0], tb[1])

@@ -1,0 +1,90 @@
+"""libfacedetection CNN face detector (``yuface``), from the PyPI package ``yuface``.
+
+libfacedetection (Shiqi Yu et al., BSD-3-Clause) is a small YuNet-family CNN compiled into C++
+with its weights; the ``yuface`` wheel (about 0.5 MB, no Python dependencies, Linux/Windows,
+CPython 3.6-3.11) wraps it with pybind11. Nothing is downloaded at run time.
+
+Install: ``pip install "yuface==2023.5.1"``.
+
+Options: ``min_score`` (default ``0.5``; the network's confidence, reported by the library as an
+integer percentage and divided by 100 here), ``max_side`` (default ``640``; the library itself
+warns above 960 px), ``min_face_px``; see :mod:`._base`. The five facial landmarks the network
+also returns are not passed on (:class:`~expnet_stream.faces.detections.Detections` has no field
+for them).
+
+Thread safety: the native entry point is a module-level function whose thread safety is not
+documented, so every instance shares one process-wide lock; calls are serialised. It runs its own
+OpenMP threads inside a call (set ``OMP_NUM_THREADS`` before the first detector is created to
+bound them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from expnet_stream.errors import DetectorError
+from expnet_stream.faces.detector import BGRImage
+from expnet_stream.plugin_registry import register
+
+from ._base import DEFAULT_MAX_SIDE, ScaledFaceDetector
+
+INSTALL_HINT = 'pip install "yuface==2023.5.1"'
+
+# The native detector may keep state between calls; one lock for every instance in the process.
+_NATIVE_LOCK = threading.Lock()
+
+
+def _load_native() -> Callable[[BGRImage], npt.NDArray[np.int16]]:
+    try:
+        from yuface.yuface import detect as native_detect
+    except ImportError as exc:
+        raise DetectorError(
+            f"the 'yuface' face detector needs the optional package 'yuface' ({exc}); install it with: {INSTALL_HINT}"
+        ) from exc
+    return native_detect  # type: ignore[no-any-return]
+
+
+@register("face_detector", "yuface")
+class YuFaceDetector(ScaledFaceDetector):
+    """libfacedetection CNN through ``yuface``: fast on CPU, finds faces down to about 10-12 px."""
+
+    name: ClassVar[str] = "yuface"
+    default_min_score: ClassVar[float] = 0.5
+
+    def __init__(
+        self,
+        *,
+        min_score: float | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        min_face_px: float = 0.0,
+        **extra: Any,
+    ) -> None:
+        super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
+        self._native: Callable[[BGRImage], npt.NDArray[np.int16]] | None = _load_native()
+
+    def _detect_small(self, image: BGRImage, min_face_px: float) -> tuple[npt.ArrayLike, npt.ArrayLike]:
+        native = self._native
+        if native is None:
+            raise DetectorError("the yuface detector was closed")
+        # The binding ignores numpy strides: it must get a C-contiguous image (check_frame/downscale ensure it).
+        image = np.ascontiguousarray(image)
+        with _NATIVE_LOCK:
+            try:
+                raw = np.asarray(native(image))
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise DetectorError(f"yuface detection failed: {exc}") from exc
+        # Rows: confidence (percent), x, y, w, h, 5 landmarks (x, y), one more value.
+        if raw.size == 0:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        raw = raw.reshape(-1, raw.shape[-1]).astype(np.float32)
+        xywh = raw[:, 1:5]
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:4]], axis=1)
+        return xyxy, raw[:, 0] / 100.0
+
+    def close(self) -> None:
+        self._native = None

@@ -1,0 +1,92 @@
+"""Shared fixtures: a real Kafka-protocol broker on loopback, H.264 face videos made with PyAV, a small model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from expnet_stream.kafka.broker import EmbeddedBroker
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Astronaut (scikit-image, public domain): face box measured in the 512x512 image.
+ASTRONAUT_FACE = (180, 72, 270, 165)
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def make_face_video(
+    path: Path, *, n_frames: int = 36, blank_frames: int = 6, size: tuple[int, int] = (480, 360), fps: int = 25,
+    gop: int = 12,
+) -> list[bool]:
+    """Write an H.264 MP4: ``blank_frames`` grey frames, then the astronaut moving across the frame.
+
+    Returns, per frame in presentation order, whether the frame shows a face.
+    """
+    w, h = size
+    face_img = cv2.resize(astronaut_bgr(), (300, 300), interpolation=cv2.INTER_AREA)
+    has_face = []
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"bf": "2", "preset": "veryfast"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(n_frames):
+            frame = np.full((h, w, 3), 96, np.uint8)
+            face = i >= blank_frames
+            if face:
+                x = int((w - 300) * (i - blank_frames) / max(1, n_frames - blank_frames - 1))
+                y = (h - 300) // 2
+                frame[y : y + 300, x : x + 300] = face_img
+            has_face.append(face)
+            vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            vf.pts = i
+            for pkt in stream.encode(vf):
+                out.mux(pkt)
+        for pkt in stream.encode(None):
+            out.mux(pkt)
+    return has_face
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bool]]:
+    path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
+    return path, make_face_video(path)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture()
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small CPU variant exported once per session (untrained weights, seed 0)."""
+    from expnet_stream.models.export import ensure_onnx
+
+    return ensure_onnx("expnet_resnet18.s112", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (third-party data is never in the repository)")
+    return SHARED_DATA

@@ -1,0 +1,183 @@
+"""End to end on a real Kafka-protocol broker: H.264 packets in, per-frame expression events out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from expnet_stream.config.settings import WorkerSettings, load_settings
+from expnet_stream.events.codec import decode, encode
+from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamSummary
+from expnet_stream.kafka.broker import EmbeddedBroker
+from expnet_stream.kafka.topics import ensure_topics
+from expnet_stream.video.ingest import iter_stream_messages
+from expnet_stream.worker.runtime import build_detector, build_engine
+from expnet_stream.worker.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: Any) -> WorkerSettings:
+    over: dict[str, Any] = {
+        "group_id": f"{prefix}-group",
+        "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
+        "topics": {"input": f"{prefix}.video", "expressions": f"{prefix}.expr", "emotions": f"{prefix}.emo",
+                   "dlq": f"{prefix}.dlq", "input_partitions": 2},
+        "model": {"onnx": str(onnx)},
+        "batch": {"max_batch": 8, "max_wait_ms": 20},
+        "commit_interval_ms": 100,
+    }
+    over.update(extra)
+    return load_settings(None, over)
+
+
+def _read_all(bootstrap: str, topic: str, expect_types: int, timeout_s: float = 60) -> list[Any]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                out.extend(decode(r.value) for r in records)
+            if sum(isinstance(e, StreamSummary | DeadLetter) for e in out) >= expect_types:
+                # one more short poll picks up stragglers of other partitions
+                for records in consumer.poll(timeout_ms=300).values():
+                    out.extend(decode(r.value) for r in records)
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def _run_worker(settings: WorkerSettings, n_summaries: int, max_seconds: float = 120) -> Worker:
+    worker = Worker(settings, build_detector(settings), build_engine(settings))
+    try:
+        worker.run(max_seconds=max_seconds, until=lambda w: w.stats.summaries >= n_summaries)
+    finally:
+        worker.close()
+    return worker
+
+
+def _produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_in_flight_requests_per_connection=1)
+    for key, value in messages:
+        producer.send(topic, key=key.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def test_two_interleaved_streams_one_event_per_frame_in_order(
+    broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
+) -> None:
+    """Two streams of the same H.264 face video, packets interleaved, through a bounded worker."""
+    video, has_face = face_video
+    settings = _settings(broker, topic_prefix, small_onnx)
+    ensure_topics(settings.kafka, settings.topics)
+    a = [("cam-a", encode(m)) for m in iter_stream_messages(str(video), "cam-a")]
+    b = [("cam-b", encode(m)) for m in iter_stream_messages(str(video), "cam-b")]
+    interleaved = [m for pair in zip(a, b, strict=True) for m in pair]
+    _produce(broker.bootstrap, settings.topics.input, interleaved)
+
+    worker = _run_worker(settings, n_summaries=2)
+    assert worker.stats.summaries == 2
+    events = _read_all(broker.bootstrap, settings.topics.expressions, expect_types=2)
+    for sid in ("cam-a", "cam-b"):
+        frames = [e for e in events if isinstance(e, FrameEvent) and e.stream_id == sid]
+        summary = [e for e in events if isinstance(e, StreamSummary) and e.stream_id == sid]
+        assert len(frames) == len(has_face), f"{sid}: one event per frame"
+        assert [e.frame_seq for e in frames] == list(range(len(has_face))), "per-stream order"
+        pts = [e.pts for e in frames]
+        assert pts == sorted(pts) and len(set(pts)) == len(pts)
+        assert len(summary) == 1 and summary[0].frames_sampled == len(has_face)
+        assert summary[0].packets == len(has_face)
+        # faces where the video has faces, none where it has none
+        found = [bool(e.faces) for e in frames]
+        assert not any(f for f, h in zip(found, has_face, strict=True) if not h), "faces on blank frames"
+        hit = sum(f for f, h in zip(found, has_face, strict=True) if h) / sum(has_face)
+        assert hit >= 0.9, f"{sid}: face found in {hit:.0%} of face frames"
+        for e in frames:
+            assert e.model_trained is False and "UNTRAINED" in e.model_id
+            for face in e.faces:
+                assert face.coefficients.shape == (29,)
+        assert len({e.event_id for e in frames}) == len(frames)
+        # the summary comes after the stream's last frame event on the same partition
+        assert events.index(summary[0]) > events.index(frames[-1])
+
+    # every input offset is committed: nothing left unprocessed
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id)
+    try:
+        committed = {
+            p: consumer.committed(TopicPartition(settings.topics.input, p)) or 0
+            for p in range(settings.topics.input_partitions)
+        }
+    finally:
+        consumer.close()
+    assert sum(committed.values()) == len(interleaved)
+
+
+def test_sampling_fps_and_dead_letters_while_good_stream_flows(
+    broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
+) -> None:
+    """Frames sampled at 5 fps of a 25 fps video; malformed records go to the DLQ with a reason."""
+    video, has_face = face_video
+    settings = _settings(broker, topic_prefix, small_onnx, sampling={"fps": 5.0})
+    ensure_topics(settings.kafka, settings.topics)
+    good = [("cam-c", encode(m)) for m in iter_stream_messages(str(video), "cam-c")]
+    bad = [
+        ("cam-c", b"\xc1 not msgpack"),
+        ("cam-c", msgpack.packb({"v": 99, "type": "packet"})),
+        ("cam-c", msgpack.packb({"v": 1, "type": "packet", "stream_id": "cam-c"})),
+    ]
+    _produce(broker.bootstrap, settings.topics.input, good[:5] + bad + good[5:])
+
+    worker = _run_worker(settings, n_summaries=1)
+    assert sum(worker.stats.dead_letters.values()) == 3
+    events = _read_all(broker.bootstrap, settings.topics.expressions, expect_types=1)
+    frames = [e for e in events if isinstance(e, FrameEvent)]
+    # 36 frames at 25 fps span 1.44 s: samples at t = 0, 0.2, ..., 1.4
+    assert len(frames) == 8
+    assert [round(e.pts_time, 2) for e in frames] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]
+    letters = _read_all(broker.bootstrap, settings.topics.dlq, expect_types=3)
+    reasons = sorted(e.reason for e in letters if isinstance(e, DeadLetter))
+    assert reasons == ["bad_message", "bad_message", "bad_message"]
+    details = " ".join(e.detail for e in letters if isinstance(e, DeadLetter))
+    assert "unknown schema version 99" in details and "not a msgpack" in details
+    assert all(e.value is not None and e.source_topic == settings.topics.input for e in letters)
+
+
+def test_worker_joins_mid_stream_waits_for_keyframe(
+    broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
+) -> None:
+    """Packets before the first keyframe are counted as skipped, not lost; decoding starts at the keyframe."""
+    video, has_face = face_video
+    settings = _settings(broker, topic_prefix, small_onnx)
+    ensure_topics(settings.kafka, settings.topics)
+    msgs = list(iter_stream_messages(str(video), "cam-d"))
+    packets = msgs[1:-1]
+    second_key = next(i for i, p in enumerate(packets) if p.keyframe and i > 0)
+    tail = packets[second_key - 3 :] + [msgs[-1]]  # starts 3 packets before a keyframe, no stream_start
+    _produce(broker.bootstrap, settings.topics.input, [("cam-d", encode(m)) for m in tail])
+    worker = _run_worker(settings, n_summaries=1)
+    events = _read_all(broker.bootstrap, settings.topics.expressions, expect_types=1)
+    summary = next(e for e in events if isinstance(e, StreamSummary))
+    assert summary.packets_skipped == 3
+    assert summary.frames_sampled == len(packets) - second_key
+    assert worker.stats.dead_letters == {}
+
+
+def test_embedded_broker_listens_on_loopback_only() -> None:
+    """The broker's listening socket is bound to 127.0.0.1, never 0.0.0.0 (read from /proc/net/tcp)."""
+    with EmbeddedBroker() as b:
+        port_hex = f"{b.port:04X}"
+        listening = []
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state == "0A" and local.endswith(":" + port_hex):
+                listening.append(local.split(":")[0])
+        assert listening == ["0100007F"], listening

@@ -1,0 +1,76 @@
+"""Settings validation and env overrides; the offset tracker that guards commits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expnet_stream.config.settings import load_settings
+from expnet_stream.errors import ConfigError
+from expnet_stream.worker.offsets import OffsetTracker
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["worker.yaml", "demo.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    s = load_settings(REPO / "configs" / name)
+    assert s.batch.max_batch >= 1 and s.topics.input
+
+
+def test_env_overrides_yaml_and_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("kafka:\n  bootstrap: file:1\n  max_poll_records: 7\nbatch:\n  max_batch: 4\n")
+    monkeypatch.setenv("EXPNET_KAFKA__BOOTSTRAP", "env:2")
+    monkeypatch.setenv("EXPNET_BATCH__MAX_WAIT_MS", "5")
+    s = load_settings(cfg)
+    assert s.kafka.bootstrap == "env:2" and s.kafka.max_poll_records == 7
+    assert s.batch.max_batch == 4 and s.batch.max_wait_ms == 5
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("batch:\n  max_batch: 0\n", "batch.max_batch"),
+        ("kafka:\n  bootstrapp: x\n", "kafka.bootstrapp"),
+        ("sampling:\n  fps: -1\n", "sampling.fps"),
+        ("model:\n  engine: cuda-magic\n", "model.engine"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, yaml_text: str, field: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_settings(cfg)
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(cfg)
+    cfg.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(cfg)
+
+
+def test_secrets_are_masked() -> None:
+    s = load_settings(None, {"kafka": {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "hunter2"}})
+    assert "hunter2" not in str(s.masked()) and "hunter2" not in repr(s)
+    assert s.kafka.client_kwargs()["sasl_plain_password"] == "hunter2"
+
+
+def test_offset_tracker_never_skips_unfinished_work() -> None:
+    t = OffsetTracker()
+    assert t.committable() is None
+    for o in range(10, 15):
+        t.consumed(o)
+    for o in (11, 12, 14):
+        t.done(o)
+    assert t.committable() == 10
+    t.done(10)
+    assert t.committable() == 13
+    t.done(13)
+    assert t.committable() == 15 and t.pending == 0
