@@ -80,9 +80,13 @@ class Subscriber:
         servers = bootstrap.split(",") if isinstance(bootstrap, str) else bootstrap
         try:
             self._consumer = KafkaConsumer(
-                topic, bootstrap_servers=servers, group_id=group_id, enable_auto_commit=group_id is not None,
+                topic,
+                bootstrap_servers=servers,
+                group_id=group_id,
+                enable_auto_commit=group_id is not None,
                 auto_offset_reset="earliest" if from_beginning else "latest",
-                client_id=f"expnet-subscriber-{uuid.uuid4().hex[:8]}", **kafka_kwargs,
+                client_id=f"expnet-subscriber-{uuid.uuid4().hex[:8]}",
+                **kafka_kwargs,
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot subscribe to {topic} at {bootstrap}: {exc}") from exc
@@ -98,8 +102,13 @@ class Subscriber:
                     event = decode(record.value)
                 except SchemaError as exc:
                     self.invalid += 1
-                    log.warning("undecodable event topic=%s partition=%d offset=%d: %s", self.topic, tp.partition,
-                                record.offset, exc)
+                    log.warning(
+                        "undecodable event topic=%s partition=%d offset=%d: %s",
+                        self.topic,
+                        tp.partition,
+                        record.offset,
+                        exc,
+                    )
                     continue
                 event_id = getattr(event, "event_id", None)
                 if self.dedupe is not None and event_id is not None and self.dedupe.seen(event_id):

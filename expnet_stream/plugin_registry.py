@@ -50,7 +50,9 @@ def _check(kind: str, cls: object, spec: str) -> type:
     if base is None:
         raise PluginError(f"unknown plugin kind {kind!r}; known kinds: {sorted(_BASES)}")
     if not isinstance(cls, type) or not issubclass(cls, base):
-        raise PluginError(f"plugin {spec!r} of kind {kind!r} is not a subclass of {base.__module__}.{base.__qualname__}")
+        raise PluginError(
+            f"plugin {spec!r} of kind {kind!r} is not a subclass of {base.__module__}.{base.__qualname__}"
+        )
     return cls
 
 

@@ -27,7 +27,12 @@ def astronaut_bgr() -> np.ndarray:
 
 
 def make_face_video(
-    path: Path, *, n_frames: int = 36, blank_frames: int = 6, size: tuple[int, int] = (480, 360), fps: int = 25,
+    path: Path,
+    *,
+    n_frames: int = 36,
+    blank_frames: int = 6,
+    size: tuple[int, int] = (480, 360),
+    fps: int = 25,
     gop: int = 12,
 ) -> list[bool]:
     """Write an H.264 MP4: ``blank_frames`` grey frames, then the astronaut moving across the frame.

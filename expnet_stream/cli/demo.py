@@ -44,9 +44,15 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.sample_fps:
         overrides["sampling"] = {"fps": args.sample_fps}
     if args.bootstrap:  # a shared cluster: keep this run's data apart
-        overrides["topics"] = {k: f"{v}.demo-{run_id}" for k, v in
-                               {"input": "expnet.video", "expressions": "expnet.expressions",
-                                "emotions": "expnet.emotions", "dlq": "expnet.dlq"}.items()}
+        overrides["topics"] = {
+            k: f"{v}.demo-{run_id}"
+            for k, v in {
+                "input": "expnet.video",
+                "expressions": "expnet.expressions",
+                "emotions": "expnet.emotions",
+                "dlq": "expnet.dlq",
+            }.items()
+        }
     settings = load_settings(config, overrides)
     try:
         return _run(args, console, settings, videos, broker is not None)
@@ -69,15 +75,24 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]
     ingested: dict[str, int] = {}
     ingest_errors: list[str] = []
-    producer = KafkaProducer(**settings.kafka.client_kwargs(), acks="all", linger_ms=5,
-                             max_in_flight_requests_per_connection=1, max_request_size=settings.max_packet_bytes)
+    producer = KafkaProducer(
+        **settings.kafka.client_kwargs(),
+        acks="all",
+        linger_ms=5,
+        max_in_flight_requests_per_connection=1,
+        max_request_size=settings.max_packet_bytes,
+    )
 
     def ingest_one(src: str, sid: str) -> None:
         try:
-            stats = ingest(src, sid, lambda k, v: producer.send(settings.topics.input, key=k.encode(), value=v),
-                           realtime=not args.fast)
+            stats = ingest(
+                src,
+                sid,
+                lambda k, v: producer.send(settings.topics.input, key=k.encode(), value=v),
+                realtime=not args.fast,
+            )
             ingested[sid] = stats.packets
-        except Exception as exc:  # noqa: BLE001 - shown in the summary
+        except Exception as exc:
             ingest_errors.append(f"{sid}: {exc}")
 
     sub = Subscriber(settings.kafka.bootstrap, settings.topics.expressions, dedupe=True)
@@ -117,8 +132,12 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
 
     with Live(table(), console=console, refresh_per_second=4, transient=args.json) as live:
         while len(summaries) < len(streams) and time.monotonic() < deadline:
-            if ingest_errors and not any(t.is_alive() for t in ingest_threads) and len(ingested) + len(
-                    ingest_errors) == len(streams) and not ingested:
+            if (
+                ingest_errors
+                and not any(t.is_alive() for t in ingest_threads)
+                and len(ingested) + len(ingest_errors) == len(streams)
+                and not ingested
+            ):
                 break
             for item in sub.poll(0.25):
                 ev = item.event
@@ -160,14 +179,15 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         "ingest_errors": ingest_errors,
         "seconds": round(elapsed, 3),
         "throughput_frames_per_s": round(frames / elapsed, 2),
-        "latency_s": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99),
-                      "definition": "subscriber receive time - packet ingest time"},
+        "latency_s": {
+            "p50": _percentile(latencies, 50),
+            "p99": _percentile(latencies, 99),
+            "definition": "subscriber receive time - packet ingest time",
+        },
         "stages": worker.stages.breakdown(),
     }
     ok = (
-        len(summaries) == len(streams)
-        and summary["events_received"] == summary["frames_sampled"]
-        and not ingest_errors
+        len(summaries) == len(streams) and summary["events_received"] == summary["frames_sampled"] and not ingest_errors
     )
     summary["ok"] = ok
     if args.json:
@@ -179,9 +199,21 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
     tb = Table(title="demo summary", show_header=False)
-    for key in ("model_id", "broker", "detector", "pacing", "streams_completed", "frames_ingested", "frames_decoded",
-                "frames_sampled", "frames_with_faces", "faces", "events_published", "events_received",
-                "throughput_frames_per_s"):
+    for key in (
+        "model_id",
+        "broker",
+        "detector",
+        "pacing",
+        "streams_completed",
+        "frames_ingested",
+        "frames_decoded",
+        "frames_sampled",
+        "frames_with_faces",
+        "faces",
+        "events_published",
+        "events_received",
+        "throughput_frames_per_s",
+    ):
         tb.add_row(key, str(s[key]))
     tb.add_row("latency p50 / p99 (s)", f"{s['latency_s']['p50']} / {s['latency_s']['p99']}")
     for stage, v in s["stages"].items():

@@ -41,16 +41,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ids = [Path(s).stem or f"stream-{i}" for i, s in enumerate(args.sources)]
     if args.create_topics:
         ensure_topics(settings.kafka, settings.topics)
-    producer = KafkaProducer(**settings.kafka.client_kwargs(), acks="all", linger_ms=5,
-                             max_request_size=settings.max_packet_bytes, max_in_flight_requests_per_connection=1)
+    producer = KafkaProducer(
+        **settings.kafka.client_kwargs(),
+        acks="all",
+        linger_ms=5,
+        max_request_size=settings.max_packet_bytes,
+        max_in_flight_requests_per_connection=1,
+    )
     errors: list[BaseException] = []
 
     def one(src: str, sid: str) -> None:
         try:
-            stats = ingest(src, sid, lambda k, v: producer.send(topic, key=k.encode(), value=v),
-                           realtime=args.realtime, loops=args.loop)
+            stats = ingest(
+                src,
+                sid,
+                lambda k, v: producer.send(topic, key=k.encode(), value=v),
+                realtime=args.realtime,
+                loops=args.loop,
+            )
             print(f"{sid}: {stats.packets} packets ({stats.keyframes} keyframes) -> {topic}", file=sys.stderr)
-        except BaseException as exc:  # noqa: BLE001 - reported below, per stream
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(s, i), daemon=True) for s, i in zip(args.sources, ids, strict=True)]
@@ -87,9 +97,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stats = worker.run(max_seconds=args.max_seconds)
     finally:
         worker.close()
-    print(json.dumps({"records": stats.records, "events_published": stats.events_published,
-                      "dead_letters": dict(stats.dead_letters), "stages": worker.stages.breakdown()}),
-          file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "records": stats.records,
+                "events_published": stats.events_published,
+                "dead_letters": dict(stats.dead_letters),
+                "stages": worker.stages.breakdown(),
+            }
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -100,8 +118,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from ..events.schema import FrameEvent
 
     n = 0
-    with Subscriber(args.bootstrap, args.topic, group_id=args.group, from_beginning=args.from_beginning,
-                    dedupe=not args.keep_duplicates) as sub:
+    with Subscriber(
+        args.bootstrap,
+        args.topic,
+        group_id=args.group,
+        from_beginning=args.from_beginning,
+        dedupe=not args.keep_duplicates,
+    ) as sub:
         for item in sub.iter(timeout_s=args.timeout, idle_s=args.idle):
             ev = item.event
             if args.json:
@@ -109,7 +132,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             elif isinstance(ev, FrameEvent):
                 faces = " ".join(
                     f"[{f.track_id}] box=({f.box[0]:.0f},{f.box[1]:.0f},{f.box[2]:.0f},{f.box[3]:.0f}) "
-                    f"c0..2={f.coefficients[:3].round(3).tolist()}" for f in ev.faces
+                    f"c0..2={f.coefficients[:3].round(3).tolist()}"
+                    for f in ev.faces
                 )
                 print(f"{ev.stream_id} #{ev.frame_seq} t={ev.pts_time:.3f}s faces={len(ev.faces)} {faces}", flush=True)
             else:
@@ -146,9 +170,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if out is not sys.stdout.buffer:
             out.close()
     summary = {
-        "frame_events": res.frame_events, "seconds": round(res.seconds, 3),
+        "frame_events": res.frame_events,
+        "seconds": round(res.seconds, 3),
         "frames_per_s": round(res.frame_events / res.seconds, 2) if res.seconds else None,
-        "model_id": engine.model_id, "model_trained": engine.contract.trained,
+        "model_id": engine.model_id,
+        "model_trained": engine.contract.trained,
         "streams": [s.model_dump(exclude={"v", "type"}) for s in res.summaries],
         "stages": res.stages.breakdown(),
     }
@@ -175,8 +201,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     directory = Path(args.out) if args.out else SCHEMA_DIR
     if args.check:
-        stale = [n for n, s in json_schemas().items()
-                 if not (directory / n).is_file() or json.loads((directory / n).read_text()) != s]
+        stale = [
+            n
+            for n, s in json_schemas().items()
+            if not (directory / n).is_file() or json.loads((directory / n).read_text()) != s
+        ]
         if stale:
             print(f"stale JSON schemas in {directory}: {stale}; run `expnet-stream schema`", file=sys.stderr)
             return 1

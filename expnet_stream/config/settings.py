@@ -115,7 +115,8 @@ class WorkerSettings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data with secrets masked (for `config show` and logs)."""
-        return _mask(self.model_dump(mode="json"), self)
+        masked: dict[str, Any] = _mask(self.model_dump(mode="json"), self)
+        return masked
 
 
 def _mask(data: Any, model: Any) -> Any:

@@ -19,7 +19,8 @@ SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 def encode(event: BaseModel) -> bytes:
     """Serialise an event to msgpack bytes (binary fields as msgpack bin)."""
-    return msgpack.packb(event.model_dump(mode="python"), use_bin_type=True)
+    data: bytes = msgpack.packb(event.model_dump(mode="python"), use_bin_type=True)
+    return data
 
 
 def _unpack(data: bytes) -> dict[str, Any]:

@@ -41,7 +41,9 @@ class StreamStart(_Event):
     time_base: TimeBase
     frame_rate: tuple[int, int] | None = Field(None, description="average frame rate as [num, den], if known")
     extradata: bytes | None = Field(None, description="codec extradata (e.g. avcC) for decoders")
-    source: str = Field("", description="where the ingester read the stream from (file name or URL, credentials removed)")
+    source: str = Field(
+        "", description="where the ingester read the stream from (file name or URL, credentials removed)"
+    )
     sent_time: float = Field(description="unix time (s) when the ingester sent this message")
 
 

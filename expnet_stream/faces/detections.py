@@ -32,7 +32,11 @@ class Detections:
     track_id: IntArray = field(default_factory=lambda: np.zeros((0,), np.int64))
 
     def __post_init__(self) -> None:
-        xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4) if np.size(self.xyxy) else np.zeros((0, 4), np.float32)
+        xyxy = (
+            np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+            if np.size(self.xyxy)
+            else np.zeros((0, 4), np.float32)
+        )
         score = np.asarray(self.score, dtype=np.float32).reshape(-1)
         if xyxy.ndim != 2 or xyxy.shape[1] != 4:
             raise ValueError(f"Detections.xyxy must have shape (N, 4), got {np.shape(self.xyxy)}")

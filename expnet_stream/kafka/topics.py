@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -15,8 +16,9 @@ from ..errors import BrokerError
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, output_partitions: int | None = None,
-                  timeout_s: float = 15.0) -> None:
+def ensure_topics(
+    kafka: KafkaSettings, topics: TopicSettings, *, output_partitions: int | None = None, timeout_s: float = 15.0
+) -> None:
     """Create the input, expressions, emotions and dead-letter topics when missing."""
     wanted = {
         topics.input: topics.input_partitions,
@@ -37,10 +39,8 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, output_partiti
             existing = set(admin.list_topics())
             missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass
                 log.info("created topics %s", [t.name for t in missing])
             return
         except KafkaError as exc:

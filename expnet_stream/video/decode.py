@@ -42,7 +42,7 @@ class StreamDecoder:
     def __init__(self, stream_id: str, threads: int = 1) -> None:
         self.stream_id = stream_id
         self.threads = threads
-        self._ctx: av.codec.context.CodecContext | None = None
+        self._ctx: av.VideoCodecContext | None = None
         self._key: tuple[str, bytes | None, int, int] | None = None
         self.waiting_for_keyframe = True
         self._time_base: tuple[int, int] = (1, 1)
@@ -67,8 +67,12 @@ class StreamDecoder:
         """Decode one packet; returns the frames it completes (zero or more, presentation order)."""
         frames: list[DecodedFrame] = []
         if pkt.keyframe:
-            key = (pkt.codec, pkt.extradata if pkt.extradata is not None else (self._key[1] if self._key else None),
-                   pkt.width, pkt.height)
+            key = (
+                pkt.codec,
+                pkt.extradata if pkt.extradata is not None else (self._key[1] if self._key else None),
+                pkt.width,
+                pkt.height,
+            )
             if self._ctx is None or key != self._key:
                 if self._ctx is not None:
                     frames.extend(self.flush())
@@ -110,7 +114,7 @@ class StreamDecoder:
     def _convert(frames: list[av.VideoFrame], time_base: tuple[int, int]) -> list[DecodedFrame]:
         out = []
         for f in frames:
-            image = f.to_ndarray(format="bgr24")
+            image: npt.NDArray[np.uint8] = f.to_ndarray(format="bgr24")  # type: ignore[assignment]
             out.append(DecodedFrame(image=image, pts=f.pts, time_base=time_base))
         return out
 

@@ -70,8 +70,15 @@ def iter_stream_messages(
         rate = vs.average_rate
         frame_rate = (rate.numerator, rate.denominator) if rate else None
         yield StreamStart(
-            stream_id=stream_id, codec=ctx.name, width=ctx.width, height=ctx.height, time_base=tb,
-            frame_rate=frame_rate, extradata=extradata, source=_public_source(source), sent_time=time.time(),
+            stream_id=stream_id,
+            codec=ctx.name,
+            width=ctx.width,
+            height=ctx.height,
+            time_base=tb,
+            frame_rate=frame_rate,
+            extradata=extradata,
+            source=_public_source(source),
+            sent_time=time.time(),
         )
         seq = 0
         t0 = time.monotonic()
@@ -101,9 +108,18 @@ def iter_stream_messages(
                 if ts is not None:
                     last_ts = max(last_ts, ts, pts or ts)
                 yield VideoPacket(
-                    stream_id=stream_id, seq=seq, pts=pts, dts=dts, time_base=tb, keyframe=bool(packet.is_keyframe),
-                    codec=ctx.name, extradata=extradata if packet.is_keyframe else None, width=ctx.width,
-                    height=ctx.height, data=bytes(packet), capture_time=time.time(),
+                    stream_id=stream_id,
+                    seq=seq,
+                    pts=pts,
+                    dts=dts,
+                    time_base=tb,
+                    keyframe=bool(packet.is_keyframe),
+                    codec=ctx.name,
+                    extradata=extradata if packet.is_keyframe else None,
+                    width=ctx.width,
+                    height=ctx.height,
+                    data=bytes(packet),
+                    capture_time=time.time(),
                 )
                 seq += 1
                 if max_packets is not None and seq >= max_packets:
@@ -112,7 +128,7 @@ def iter_stream_messages(
             if stopped:
                 break
             # next loop starts one frame after the last timestamp
-            step = int(round(tb[1] / tb[0] / (frame_rate[0] / frame_rate[1]))) if frame_rate else 1
+            step = round(tb[1] / tb[0] / (frame_rate[0] / frame_rate[1])) if frame_rate else 1
             offset = last_ts + max(step, 1)
         yield StreamEnd(stream_id=stream_id, packets=seq, reason="stopped" if stopped else "eof", sent_time=time.time())
     except av.error.FFmpegError as exc:

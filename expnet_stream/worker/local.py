@@ -49,8 +49,14 @@ def run_local(
         on_event(event)
 
     pipeline = Pipeline(
-        detector, engine, emit=emit, done=lambda _s: None, max_batch=settings.batch.max_batch,
-        max_wait_ms=math.inf, sample_fps=settings.sampling.fps, stages=result.stages,  # offline: batch by size only
+        detector,
+        engine,
+        emit=emit,
+        done=lambda _s: None,
+        max_batch=settings.batch.max_batch,
+        max_wait_ms=math.inf,
+        sample_fps=settings.sampling.fps,
+        stages=result.stages,  # offline: batch by size only
     )
     t0 = time.perf_counter()
     offset = 0

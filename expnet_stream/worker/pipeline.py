@@ -33,7 +33,7 @@ from ..events.schema import (
     frame_event_id,
     pack_coeffs,
 )
-from ..faces.crop import crop_faces, square_boxes
+from ..faces.crop import crop_boxes, crop_faces
 from ..faces.detections import Detections
 from ..faces.detector import FaceDetector
 from ..video.decode import DecodedFrame, StreamDecoder
@@ -50,6 +50,9 @@ class Source(NamedTuple):
 
     partition: int
     offset: int
+
+
+NO_SOURCE = Source(-1, -1)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class _Work:
     frame: DecodedFrame | None = None  # None: a control entry (end of stream)
     sampled: bool = True
     capture_time: float = 0.0
-    source: Source = Source(-1, -1)
+    source: Source = NO_SOURCE
     dets: Detections | None = None
     crops: npt.NDArray[np.uint8] | None = None
     frame_seq: int = 0
@@ -186,15 +189,16 @@ class Pipeline:
 
     # ---------------------------------------------------------------- per frame
     def _enqueue_frames(
-        self, state: StreamState, frames: list[DecodedFrame], capture_time: float, source: Source = Source(-1, -1)
+        self, state: StreamState, frames: list[DecodedFrame], capture_time: float, source: Source = NO_SOURCE
     ) -> None:
         for frame in frames:
             state.counters.frames_decoded += 1
             seq = state.frame_seq
             state.frame_seq += 1
             sampled = self._sample(state, frame)
-            work = _Work(stream=state, frame=frame, sampled=sampled, capture_time=capture_time, source=source,
-                         frame_seq=seq)
+            work = _Work(
+                stream=state, frame=frame, sampled=sampled, capture_time=capture_time, source=source, frame_seq=seq
+            )
             if sampled:
                 with self.stages.time("detect"):
                     dets = self.detector.detect(frame.image)
@@ -268,9 +272,14 @@ class Pipeline:
             c = state.counters
             summary = StreamSummary(
                 event_id=f"{state.stream_id}:summary:{work.end.packets}:{self.engine.model_id}",
-                stream_id=state.stream_id, packets=c.packets, packets_skipped=c.packets_skipped,
-                frames_decoded=c.frames_decoded, frames_sampled=c.frames_sampled,
-                frames_with_faces=c.frames_with_faces, faces=c.faces, model_id=self.engine.model_id,
+                stream_id=state.stream_id,
+                packets=c.packets,
+                packets_skipped=c.packets_skipped,
+                frames_decoded=c.frames_decoded,
+                frames_sampled=c.frames_sampled,
+                frames_with_faces=c.frames_with_faces,
+                faces=c.faces,
+                model_id=self.engine.model_id,
                 publish_time=time.time(),
             )
             if self.streams.get(state.stream_id) is state:
@@ -293,11 +302,21 @@ class Pipeline:
         tb = frame.time_base
         event = FrameEvent(
             event_id=frame_event_id(state.stream_id, frame.pts, work.frame_seq, self.engine.model_id),
-            stream_id=state.stream_id, frame_seq=work.frame_seq, pts=frame.pts, time_base=tb,
-            pts_time=frame.pts_time, capture_time=work.capture_time, publish_time=time.time(),
-            width=int(frame.image.shape[1]), height=int(frame.image.shape[0]), model_id=self.engine.model_id,
-            model_trained=self.contract.trained, basis_id=self.contract.basis_id, faces=faces,
-            source_partition=work.source.partition, source_offset=work.source.offset,
+            stream_id=state.stream_id,
+            frame_seq=work.frame_seq,
+            pts=frame.pts,
+            time_base=tb,
+            pts_time=frame.pts_time,
+            capture_time=work.capture_time,
+            publish_time=time.time(),
+            width=int(frame.image.shape[1]),
+            height=int(frame.image.shape[0]),
+            model_id=self.engine.model_id,
+            model_trained=self.contract.trained,
+            basis_id=self.contract.basis_id,
+            faces=faces,
+            source_partition=work.source.partition,
+            source_offset=work.source.offset,
         )
         self.emit(event, released)
         return 1
@@ -306,7 +325,8 @@ class Pipeline:
         """Sources of packets whose frames are now all out (decoders emit frames in pts order)."""
         if pts is None:
             return []
-        keep, out = [], []
+        keep: list[tuple[float, Source]] = []
+        out: list[tuple[float, Source]] = []
         for item in state.outstanding:
             (out if item[0] <= pts else keep).append(item)
         state.outstanding = keep
@@ -317,7 +337,8 @@ class Pipeline:
         if dets is None or len(dets) == 0:
             return []
         h, w = frame.image.shape[:2]
-        sq = square_boxes(dets.xyxy, self.contract.crop_expand)
+        c = self.contract
+        sq = crop_boxes(dets.xyxy, c.crop_expand, snap_to_pixels=c.crop_snap_to_pixels)
         clipped = (sq[:, 0] < 0) | (sq[:, 1] < 0) | (sq[:, 2] > w) | (sq[:, 3] > h)
         side = dets.size_wh.min(axis=1)
         faces = []
@@ -332,8 +353,11 @@ class Pipeline:
             box = dets.xyxy[i]
             faces.append(
                 Face(
-                    track_id=int(dets.track_id[i]), box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                    score=float(np.clip(dets.score[i], 0.0, 1.0)), coeffs=pack_coeffs(coeffs[i]), quality=quality,
+                    track_id=int(dets.track_id[i]),
+                    box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    score=float(np.clip(dets.score[i], 0.0, 1.0)),
+                    coeffs=pack_coeffs(coeffs[i]),
+                    quality=quality,
                 )
             )
         return faces

@@ -25,12 +25,16 @@ def build_engine(settings: WorkerSettings) -> Engine:
     m = settings.model
     onnx_path = m.onnx if m.onnx is not None else ensure_onnx(m.name, m.cache_dir / "models")
     engine = create_engine(
-        m.engine, onnx_path, max_batch=settings.batch.max_batch, intra_op_threads=m.threads,
+        m.engine,
+        onnx_path,
+        max_batch=settings.batch.max_batch,
+        intra_op_threads=m.threads,
         allow_spinning=m.allow_spinning,
     )
     if not engine.contract.trained:
         log.warning(
             "model %s has UNTRAINED weights: its coefficients are meaningless (events say so in model_id "
-            "and model_trained=false)", engine.model_id,
+            "and model_trained=false)",
+            engine.model_id,
         )
     return engine

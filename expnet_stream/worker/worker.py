@@ -43,7 +43,7 @@ class WorkerStats:
     started: float = field(default_factory=time.time)
 
 
-class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(AsyncConsumerRebalanceListener):
     """Runs on kafka-python's IO loop: blocking consumer calls are not allowed, so the commit is awaited."""
 
     def __init__(self, worker: Worker) -> None:
@@ -64,7 +64,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self.worker.assigned = {tp.partition for tp in assigned}
 
     async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        log.warning("lost partitions=%s (evicted): dropping their state without commit", sorted(tp.partition for tp in lost))
+        log.warning(
+            "lost partitions=%s (evicted): dropping their state without commit", sorted(tp.partition for tp in lost)
+        )
         self.worker.pipeline.pump(force=True)
         self.worker._forget(lost)
 
@@ -83,23 +85,40 @@ class Worker:
         self._acked_pending: list[Source] = []
         self._last_commit = time.monotonic()
         self.pipeline = Pipeline(
-            detector, engine, emit=self._emit, done=self._done, max_batch=settings.batch.max_batch,
-            max_wait_ms=settings.batch.max_wait_ms, sample_fps=settings.sampling.fps, stages=self.stages,
+            detector,
+            engine,
+            emit=self._emit,
+            done=self._done,
+            max_batch=settings.batch.max_batch,
+            max_wait_ms=settings.batch.max_wait_ms,
+            sample_fps=settings.sampling.fps,
+            stages=self.stages,
         )
         kafka = settings.kafka
         common = kafka.client_kwargs()
         try:
             self.producer = KafkaProducer(
-                **common, client_id=f"{kafka.client_id}-{settings.worker_id}-producer", acks="all", linger_ms=5,
-                max_in_flight_requests_per_connection=1, retries=2**31 - 1, request_timeout_ms=kafka.request_timeout_ms,
+                **common,
+                client_id=f"{kafka.client_id}-{settings.worker_id}-producer",
+                acks="all",
+                linger_ms=5,
+                max_in_flight_requests_per_connection=1,
+                retries=2**31 - 1,
+                request_timeout_ms=kafka.request_timeout_ms,
                 max_request_size=settings.dlq_max_value_bytes + 64 * 1024 + 1024 * 1024,
             )
             self.consumer = KafkaConsumer(
-                **common, client_id=f"{kafka.client_id}-{settings.worker_id}", group_id=settings.group_id,
-                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=kafka.max_poll_records,
-                session_timeout_ms=kafka.session_timeout_ms, heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                **common,
+                client_id=f"{kafka.client_id}-{settings.worker_id}",
+                group_id=settings.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=kafka.max_poll_records,
+                session_timeout_ms=kafka.session_timeout_ms,
+                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
                 max_partition_fetch_bytes=settings.max_packet_bytes + 1024 * 1024,
-                fetch_max_bytes=max(52428800, settings.max_packet_bytes * 2), request_timeout_ms=kafka.request_timeout_ms,
+                fetch_max_bytes=max(52428800, settings.max_packet_bytes * 2),
+                request_timeout_ms=kafka.request_timeout_ms,
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot connect to Kafka at {kafka.bootstrap}: {exc}") from exc
@@ -126,15 +145,27 @@ class Worker:
         if size > self.settings.dlq_max_value_bytes:
             value = None
         letter = DeadLetter(
-            reason=reason, detail=detail[:2000], source_topic=record.topic, source_partition=record.partition,
-            source_offset=record.offset, key=record.key, value=value, value_size=size, stream_id=stream_id,
-            worker_id=self.settings.worker_id, time=time.time(),
+            reason=reason,
+            detail=detail[:2000],
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            key=record.key,
+            value=value,
+            value_size=size,
+            stream_id=stream_id,
+            worker_id=self.settings.worker_id,
+            time=time.time(),
         )
         self.producer.send(self.settings.topics.dlq, key=record.key, value=encode(letter))
         self.stats.dead_letters[reason] += 1
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s detail=%s",
-            record.topic, record.partition, record.offset, reason, detail[:200],
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            detail[:200],
         )
         self._acked_pending.append(Source(record.partition, record.offset))
 
@@ -236,8 +267,12 @@ class Worker:
     ) -> WorkerStats:
         """Poll until :meth:`stop`, ``max_seconds`` elapsed or ``until(self)`` is true; then drain and commit."""
         t0 = time.monotonic()
-        log.info("worker=%s group=%s consuming topic=%s", self.settings.worker_id, self.settings.group_id,
-                 self.settings.topics.input)
+        log.info(
+            "worker=%s group=%s consuming topic=%s",
+            self.settings.worker_id,
+            self.settings.group_id,
+            self.settings.topics.input,
+        )
         try:
             while not self._stop.is_set():
                 self.step()

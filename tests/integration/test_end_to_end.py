@@ -26,8 +26,13 @@ def _settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: Any) -> 
     over: dict[str, Any] = {
         "group_id": f"{prefix}-group",
         "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
-        "topics": {"input": f"{prefix}.video", "expressions": f"{prefix}.expr", "emotions": f"{prefix}.emo",
-                   "dlq": f"{prefix}.dlq", "input_partitions": 2},
+        "topics": {
+            "input": f"{prefix}.video",
+            "expressions": f"{prefix}.expr",
+            "emotions": f"{prefix}.emo",
+            "dlq": f"{prefix}.dlq",
+            "input_partitions": 2,
+        },
         "model": {"onnx": str(onnx)},
         "batch": {"max_batch": 8, "max_wait_ms": 20},
         "commit_interval_ms": 100,
@@ -124,7 +129,7 @@ def test_sampling_fps_and_dead_letters_while_good_stream_flows(
     broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
 ) -> None:
     """Frames sampled at 5 fps of a 25 fps video; malformed records go to the DLQ with a reason."""
-    video, has_face = face_video
+    video, _has_face = face_video
     settings = _settings(broker, topic_prefix, small_onnx, sampling={"fps": 5.0})
     ensure_topics(settings.kafka, settings.topics)
     good = [("cam-c", encode(m)) for m in iter_stream_messages(str(video), "cam-c")]
@@ -154,13 +159,13 @@ def test_worker_joins_mid_stream_waits_for_keyframe(
     broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
 ) -> None:
     """Packets before the first keyframe are counted as skipped, not lost; decoding starts at the keyframe."""
-    video, has_face = face_video
+    video, _has_face = face_video
     settings = _settings(broker, topic_prefix, small_onnx)
     ensure_topics(settings.kafka, settings.topics)
     msgs = list(iter_stream_messages(str(video), "cam-d"))
     packets = msgs[1:-1]
     second_key = next(i for i, p in enumerate(packets) if p.keyframe and i > 0)
-    tail = packets[second_key - 3 :] + [msgs[-1]]  # starts 3 packets before a keyframe, no stream_start
+    tail = [*packets[second_key - 3 :], msgs[-1]]  # starts 3 packets before a keyframe, no stream_start
     _produce(broker.bootstrap, settings.topics.input, [("cam-d", encode(m)) for m in tail])
     worker = _run_worker(settings, n_summaries=1)
     events = _read_all(broker.bootstrap, settings.topics.expressions, expect_types=1)
