@@ -16,11 +16,22 @@ class ConfigError(ExpNetError, ValueError):
 
 
 class SchemaError(ExpNetError, ValueError):
-    """A message does not match the wire contract (bad msgpack, unknown version, bad field)."""
+    """A message does not match the wire contract (bad msgpack, unknown version, bad field).
+
+    ``reason`` is a short machine-readable code (dead-letter reason, metrics label).
+    """
+
+    def __init__(self, message: str, reason: str = "bad_message") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DecodeError(ExpNetError, ValueError):
-    """A video packet could not be demuxed or decoded."""
+    """A video packet could not be demuxed or decoded. ``reason`` is a machine-readable code."""
+
+    def __init__(self, message: str, reason: str = "decode_error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DetectorError(ExpNetError, RuntimeError):

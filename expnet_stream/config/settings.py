@@ -100,6 +100,16 @@ class WorkerSettings(BaseSettings):
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
     max_streams: int = Field(256, ge=1, description="open decoders per worker")
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once uses Kafka transactions (needs a broker that filters aborted transactions)",
+    )
+    group_instance_id: str | None = Field(None, description="static membership id (restarts skip a rebalance)")
+    max_queued_frames: int = Field(256, ge=1, description="pause the busiest partitions above this many queued frames")
+    shutdown_deadline_s: float = Field(30.0, gt=0, description="SIGTERM: drain, publish, commit within this time")
+    delivery_timeout_ms: int = Field(
+        600_000, ge=1000, description="how long the producer retries an event through broker outages before failing"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -25,16 +25,18 @@ def encode(event: BaseModel) -> bytes:
 
 def _unpack(data: bytes) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise SchemaError(f"expected bytes, got {type(data).__name__}")
+        raise SchemaError(f"expected bytes, got {type(data).__name__}", "not_bytes")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
-        raise SchemaError(f"not a msgpack message: {exc}") from exc
+        raise SchemaError(f"not a msgpack message: {exc}", "not_msgpack") from exc
     if not isinstance(obj, dict):
-        raise SchemaError(f"expected a msgpack map, got {type(obj).__name__}")
+        raise SchemaError(f"expected a msgpack map, got {type(obj).__name__}", "not_a_map")
     version = obj.get("v")
     if version not in SUPPORTED_VERSIONS:
-        raise SchemaError(f"unknown schema version {version!r}; this reader supports {sorted(SUPPORTED_VERSIONS)}")
+        raise SchemaError(
+            f"unknown schema version {version!r}; this reader supports {sorted(SUPPORTED_VERSIONS)}", "unknown_version"
+        )
     return obj
 
 
@@ -44,18 +46,20 @@ def decode(data: bytes) -> AnyEvent:
     kind = obj.get("type")
     model = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise SchemaError(f"unknown message type {kind!r}; known: {sorted(EVENT_TYPES)}")
+        raise SchemaError(f"unknown message type {kind!r}; known: {sorted(EVENT_TYPES)}", "unknown_type")
     try:
         return model.model_validate(obj)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise SchemaError(f"invalid {kind} message: {exc.error_count()} error(s): {_first_errors(exc)}") from exc
+        raise SchemaError(
+            f"invalid {kind} message: {exc.error_count()} error(s): {_first_errors(exc)}", "invalid_fields"
+        ) from exc
 
 
 def decode_as(data: bytes, model: type[E]) -> E:
     """Decode an event that must be of one model type."""
     event = decode(data)
     if not isinstance(event, model):
-        raise SchemaError(f"expected a {model.__name__}, got {type(event).__name__}")
+        raise SchemaError(f"expected a {model.__name__}, got {type(event).__name__}", "wrong_type")
     return event
 
 

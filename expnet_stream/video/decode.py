@@ -51,9 +51,11 @@ class StreamDecoder:
         try:
             ctx = av.CodecContext.create(pkt.codec, "r")
         except (av.error.FFmpegError, ValueError) as exc:
-            raise DecodeError(f"stream {self.stream_id}: unsupported codec {pkt.codec!r}: {exc}") from exc
+            raise DecodeError(
+                f"stream {self.stream_id}: unsupported codec {pkt.codec!r}: {exc}", "unsupported_codec"
+            ) from exc
         if not isinstance(ctx, av.VideoCodecContext):
-            raise DecodeError(f"stream {self.stream_id}: codec {pkt.codec!r} is not a video codec")
+            raise DecodeError(f"stream {self.stream_id}: codec {pkt.codec!r} is not a video codec", "unsupported_codec")
         if pkt.extradata:
             ctx.extradata = pkt.extradata
         if pkt.width and pkt.height:
@@ -80,9 +82,13 @@ class StreamDecoder:
                 self._open(pkt)
             self.waiting_for_keyframe = False
         if self._ctx is None or self.waiting_for_keyframe:
-            raise DecodeError(f"stream {self.stream_id}: packet seq={pkt.seq} before the first keyframe")
+            raise DecodeError(
+                f"stream {self.stream_id}: packet seq={pkt.seq} before the first keyframe", "before_keyframe"
+            )
         if self._key is not None and pkt.codec != self._key[0]:
-            raise DecodeError(f"stream {self.stream_id}: codec changed to {pkt.codec!r} on a non-keyframe")
+            raise DecodeError(
+                f"stream {self.stream_id}: codec changed to {pkt.codec!r} on a non-keyframe", "codec_change"
+            )
         self._time_base = pkt.time_base
         packet = av.Packet(pkt.data)
         packet.pts = pkt.pts

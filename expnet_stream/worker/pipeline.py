@@ -1,10 +1,15 @@
 """The broker-free core of a worker: decode, sample, detect, crop, batch across streams, infer, emit.
 
 The Kafka worker and ``expnet-stream run`` both drive a :class:`Pipeline`: they feed it input
-messages tagged with their source (partition, offset) and receive, in order per stream,
-output events plus the sources whose work those events finish. A source is reported done only
-after every frame it produced has its event emitted, so callers can commit offsets safely once
-the emitted events are acknowledged.
+messages tagged with their source (partition, offset) and receive, in order per stream, output
+events plus the sources whose work those events finish. A source is reported done only after
+every frame it produced has its event emitted, so callers can commit offsets safely once the
+emitted events are acknowledged.
+
+Replay: after a restart a worker re-reads a partition from the last keyframe before its committed
+position so decoders can resume without losing frames. Packets handled with ``replay=True``
+were already finished by the previous owner: their frames rebuild decoder and sampler state but
+are not emitted again.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class StreamCounters:
     packets_skipped: int = 0
     frames_decoded: int = 0
     frames_sampled: int = 0
+    frames_replayed: int = 0
     frames_with_faces: int = 0
     faces: int = 0
 
@@ -71,18 +77,23 @@ class StreamState:
     partition: int
     decoder: StreamDecoder
     counters: StreamCounters = field(default_factory=StreamCounters)
-    next_sample_t: float | None = None
+    last_slot: int | None = None
     frame_seq: int = 0
     # (pts, source) of decoded packets whose frame has not been emitted yet, in decode order
     outstanding: list[tuple[float, Source]] = field(default_factory=list)
+    # pts of replayed packets: their frames were emitted by a previous owner
+    replay_pts: set[int] = field(default_factory=set)
 
 
 @dataclass
 class _Work:
-    """One queue entry, completed in FIFO order."""
+    """One queue entry, completed in FIFO order. Holds crops, never the decoded frame."""
 
     stream: StreamState
-    frame: DecodedFrame | None = None  # None: a control entry (end of stream)
+    pts: int | None = None
+    time_base: tuple[int, int] = (1, 1)
+    width: int = 0
+    height: int = 0
     sampled: bool = True
     capture_time: float = 0.0
     source: Source = NO_SOURCE
@@ -90,6 +101,7 @@ class _Work:
     crops: npt.NDArray[np.uint8] | None = None
     frame_seq: int = 0
     end: StreamEnd | None = None
+    replay: bool = False
     after: list[Source] = field(default_factory=list)  # control sources finished together with this entry
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -97,11 +109,15 @@ class _Work:
     def n_faces(self) -> int:
         return 0 if self.dets is None else len(self.dets)
 
+    @property
+    def pts_time(self) -> float:
+        return 0.0 if self.pts is None else float(self.pts) * self.time_base[0] / self.time_base[1]
+
 
 Emit = Callable[[FrameEvent | StreamSummary, list[Source]], None]
 """Receives an output event and the input sources that are finished once it is acknowledged."""
 Done = Callable[[list[Source]], None]
-"""Receives sources finished without an output event (control messages, skipped packets)."""
+"""Receives sources finished without an output event (control messages, replayed frames)."""
 
 
 class Pipeline:
@@ -135,23 +151,32 @@ class Pipeline:
         self._queued_faces = 0
 
     # ---------------------------------------------------------------- input
-    def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source) -> None:
-        """Process one input message. Raises :class:`DecodeError` for a packet that fails to decode
-        after a keyframe (the caller dead-letters it; it counts as done once dead-lettered)."""
+    def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, *, replay: bool = False) -> None:
+        """Process one input message.
+
+        Raises :class:`DecodeError` (with a ``reason``) for a packet that cannot be decoded, including
+        packets before a stream's first keyframe; the caller dead-letters it and marks it done.
+        """
         if isinstance(msg, StreamStart):
             old = self.streams.get(msg.stream_id)
             if old is not None:
                 log.info("stream=%s restarted; closing the previous decoder", msg.stream_id)
-                self._enqueue_frames(old, old.decoder.flush(), msg.sent_time)
+                self._enqueue_frames(old, old.decoder.flush(), msg.sent_time, source, replay)
             self.streams[msg.stream_id] = self._new_state(msg.stream_id, source.partition)
             self._after_control(source)
         elif isinstance(msg, VideoPacket):
-            self._handle_packet(msg, source)
+            self._handle_packet(msg, source, replay)
         else:
-            self._handle_end(msg, source)
+            self._handle_end(msg, source, replay)
 
     def _new_state(self, stream_id: str, partition: int) -> StreamState:
         return StreamState(stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads))
+
+    def _state(self, stream_id: str, partition: int) -> StreamState:
+        state = self.streams.get(stream_id)
+        if state is None:
+            state = self.streams[stream_id] = self._new_state(stream_id, partition)
+        return state
 
     def _after_control(self, source: Source) -> None:
         # Control messages finish when everything queued before them is emitted: keep FIFO order.
@@ -160,46 +185,57 @@ class Pipeline:
         else:
             self.done([source])
 
-    def _handle_packet(self, pkt: VideoPacket, source: Source) -> None:
-        state = self.streams.get(pkt.stream_id)
-        if state is None:
-            state = self.streams[pkt.stream_id] = self._new_state(pkt.stream_id, source.partition)
+    def _handle_packet(self, pkt: VideoPacket, source: Source, replay: bool) -> None:
+        state = self._state(pkt.stream_id, source.partition)
         state.counters.packets += 1
+        fresh = state.decoder.waiting_for_keyframe
         try:
             with self.stages.time("decode"):
                 frames = state.decoder.decode(pkt)
-        except DecodeError:
-            if state.decoder.waiting_for_keyframe:
+        except DecodeError as exc:
+            if exc.reason == "before_keyframe":
                 state.counters.packets_skipped += 1
-                log.debug("stream=%s seq=%d skipped: waiting for a keyframe", pkt.stream_id, pkt.seq)
-                self._after_control(source)
-                return
             raise
+        if fresh:
+            # a decoder (re)starting at a keyframe: presentation index = the keyframe's packet seq
+            # (one frame per packet, closed GOPs: what the ingester publishes)
+            state.frame_seq = pkt.seq
+        if replay and pkt.pts is not None:
+            state.replay_pts.add(pkt.pts)
         state.outstanding.append((-math.inf if pkt.pts is None else float(pkt.pts), source))
-        self._enqueue_frames(state, frames, pkt.capture_time, source)
+        self._enqueue_frames(state, frames, pkt.capture_time, source, replay)
 
-    def _handle_end(self, end: StreamEnd, source: Source) -> None:
-        state = self.streams.get(end.stream_id)
-        if state is None:
-            state = self.streams[end.stream_id] = self._new_state(end.stream_id, source.partition)
+    def _handle_end(self, end: StreamEnd, source: Source, replay: bool) -> None:
+        state = self._state(end.stream_id, source.partition)
         with self.stages.time("decode"):
             frames = state.decoder.flush()
-        self._enqueue_frames(state, frames, end.sent_time, source)
-        self._queue.append(_Work(stream=state, end=end, source=source))
+        self._enqueue_frames(state, frames, end.sent_time, source, replay)
+        self._queue.append(_Work(stream=state, end=end, source=source, replay=replay))
 
     # ---------------------------------------------------------------- per frame
     def _enqueue_frames(
-        self, state: StreamState, frames: list[DecodedFrame], capture_time: float, source: Source = NO_SOURCE
+        self, state: StreamState, frames: list[DecodedFrame], capture_time: float, source: Source, replay: bool
     ) -> None:
         for frame in frames:
             state.counters.frames_decoded += 1
             seq = state.frame_seq
             state.frame_seq += 1
             sampled = self._sample(state, frame)
+            replayed = frame.pts is not None and frame.pts in state.replay_pts
+            h, w = frame.image.shape[:2]
             work = _Work(
-                stream=state, frame=frame, sampled=sampled, capture_time=capture_time, source=source, frame_seq=seq
+                stream=state,
+                pts=frame.pts,
+                time_base=frame.time_base,
+                width=w,
+                height=h,
+                sampled=sampled,
+                capture_time=capture_time,
+                source=source,
+                frame_seq=seq,
+                replay=replayed,
             )
-            if sampled:
+            if sampled and not replayed:
                 with self.stages.time("detect"):
                     dets = self.detector.detect(frame.image)
                 with self.stages.time("crop"):
@@ -209,15 +245,14 @@ class Pipeline:
             self._queue.append(work)
 
     def _sample(self, state: StreamState, frame: DecodedFrame) -> bool:
+        """Keep the first frame of each 1/fps slot of stream time (a grid, so replays sample the same frames)."""
         if self.sample_fps is None:
             return True
-        t = frame.pts_time
-        if state.next_sample_t is None or t >= state.next_sample_t - 1e-6:
-            period = 1.0 / self.sample_fps
-            base = t if state.next_sample_t is None else state.next_sample_t
-            state.next_sample_t = base + period * max(1, math.floor((t - base) / period) + 1)
-            return True
-        return False
+        slot = math.floor(frame.pts_time * self.sample_fps + 1e-6)
+        if state.last_slot is not None and slot == state.last_slot:
+            return False
+        state.last_slot = slot
+        return True
 
     # ---------------------------------------------------------------- batching
     def due(self, now: float | None = None) -> bool:
@@ -266,51 +301,32 @@ class Pipeline:
     def _finish(self, work: _Work, coeffs: npt.NDArray[np.float32]) -> int:
         state = work.stream
         if work.end is not None:
-            # everything of this stream before the marker is out: emit its summary
-            sources = [s for _, s in state.outstanding] + [work.source, *work.after]
-            state.outstanding.clear()
-            c = state.counters
-            summary = StreamSummary(
-                event_id=f"{state.stream_id}:summary:{work.end.packets}:{self.engine.model_id}",
-                stream_id=state.stream_id,
-                packets=c.packets,
-                packets_skipped=c.packets_skipped,
-                frames_decoded=c.frames_decoded,
-                frames_sampled=c.frames_sampled,
-                frames_with_faces=c.frames_with_faces,
-                faces=c.faces,
-                model_id=self.engine.model_id,
-                publish_time=time.time(),
-            )
-            if self.streams.get(state.stream_id) is state:
-                del self.streams[state.stream_id]
-            self.emit(summary, sources)
-            return 1
-        frame = work.frame
-        if frame is None:  # pragma: no cover - defensive
-            return 0
-        released = self._release(state, frame.pts) + work.after
-        if not work.sampled:
+            return self._finish_stream(work)
+        released = self._release(state, work.pts) + work.after
+        if work.replay:
+            state.counters.frames_replayed += 1
+            if work.pts is not None:
+                state.replay_pts.discard(work.pts)
+        if work.replay or not work.sampled:
             if released:
                 self.done(released)
             return 0
         state.counters.frames_sampled += 1
-        faces = self._faces(work, frame, coeffs)
+        faces = self._faces(work, coeffs)
         if faces:
             state.counters.frames_with_faces += 1
             state.counters.faces += len(faces)
-        tb = frame.time_base
         event = FrameEvent(
-            event_id=frame_event_id(state.stream_id, frame.pts, work.frame_seq, self.engine.model_id),
+            event_id=frame_event_id(state.stream_id, work.pts, work.frame_seq, self.engine.model_id),
             stream_id=state.stream_id,
             frame_seq=work.frame_seq,
-            pts=frame.pts,
-            time_base=tb,
-            pts_time=frame.pts_time,
+            pts=work.pts,
+            time_base=work.time_base,
+            pts_time=work.pts_time,
             capture_time=work.capture_time,
             publish_time=time.time(),
-            width=int(frame.image.shape[1]),
-            height=int(frame.image.shape[0]),
+            width=work.width,
+            height=work.height,
             model_id=self.engine.model_id,
             model_trained=self.contract.trained,
             basis_id=self.contract.basis_id,
@@ -319,6 +335,35 @@ class Pipeline:
             source_offset=work.source.offset,
         )
         self.emit(event, released)
+        return 1
+
+    def _finish_stream(self, work: _Work) -> int:
+        """Everything of this stream before its end marker is out: emit its summary."""
+        state = work.stream
+        end = work.end
+        if end is None:  # pragma: no cover - guarded by the caller
+            return 0
+        sources = [s for _, s in state.outstanding] + [work.source, *work.after]
+        state.outstanding.clear()
+        if self.streams.get(state.stream_id) is state:
+            del self.streams[state.stream_id]
+        if work.replay:  # the previous owner published this summary already
+            self.done(sources)
+            return 0
+        c = state.counters
+        summary = StreamSummary(
+            event_id=f"{state.stream_id}:summary:{end.packets}:{self.engine.model_id}",
+            stream_id=state.stream_id,
+            packets=c.packets,
+            packets_skipped=c.packets_skipped,
+            frames_decoded=c.frames_decoded,
+            frames_sampled=c.frames_sampled,
+            frames_with_faces=c.frames_with_faces,
+            faces=c.faces,
+            model_id=self.engine.model_id,
+            publish_time=time.time(),
+        )
+        self.emit(summary, sources)
         return 1
 
     def _release(self, state: StreamState, pts: int | None) -> list[Source]:
@@ -332,14 +377,13 @@ class Pipeline:
         state.outstanding = keep
         return [s for _, s in out]
 
-    def _faces(self, work: _Work, frame: DecodedFrame, coeffs: npt.NDArray[np.float32]) -> list[Face]:
+    def _faces(self, work: _Work, coeffs: npt.NDArray[np.float32]) -> list[Face]:
         dets = work.dets
         if dets is None or len(dets) == 0:
             return []
-        h, w = frame.image.shape[:2]
         c = self.contract
         sq = crop_boxes(dets.xyxy, c.crop_expand, snap_to_pixels=c.crop_snap_to_pixels)
-        clipped = (sq[:, 0] < 0) | (sq[:, 1] < 0) | (sq[:, 2] > w) | (sq[:, 3] > h)
+        clipped = (sq[:, 0] < 0) | (sq[:, 1] < 0) | (sq[:, 2] > work.width) | (sq[:, 3] > work.height)
         side = dets.size_wh.min(axis=1)
         faces = []
         for i in range(len(dets)):
@@ -358,6 +402,7 @@ class Pipeline:
                     score=float(np.clip(dets.score[i], 0.0, 1.0)),
                     coeffs=pack_coeffs(coeffs[i]),
                     quality=quality,
+                    emotions=None,
                 )
             )
         return faces
@@ -373,3 +418,14 @@ class Pipeline:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_faces(self) -> int:
+        return self._queued_faces
+
+    def queued_by_partition(self) -> dict[int, int]:
+        """Queued frames per input partition (for backpressure)."""
+        out: dict[int, int] = {}
+        for w in self._queue:
+            out[w.stream.partition] = out.get(w.stream.partition, 0) + 1
+        return out

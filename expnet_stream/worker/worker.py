@@ -1,11 +1,22 @@
 """The Kafka worker: a consumer-group member that turns video packets into expression events.
 
-Delivery is at-least-once: events are produced, the producer is flushed (every event
-acknowledged by the broker), and only then are the input offsets whose work is finished committed.
+Delivery (default at-least-once): events are produced, the producer is flushed and every send
+checked (acknowledged by the broker), and only then are the input offsets whose work is finished
+committed. A send that fails after ``delivery_timeout_ms`` of retries stops the worker without
+committing, so the next owner resumes from the last commit. ``delivery: exactly_once`` commits the
+offsets inside a Kafka transaction instead.
+
+Resuming without loss: every commit carries, in its metadata, the offset of the last keyframe
+before the committed position of every open stream (``{"rewind": offset}``). A worker that is
+assigned the partition seeks back there, re-decodes the packets below the committed position
+without re-publishing their frames ("replay"), and continues: no frame is lost to a decoder
+that has to wait for a keyframe, and duplicates are limited to events published after the last
+commit (at most ``commit_interval_ms`` of work plus what was in flight).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -34,40 +45,43 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerStats:
     records: int = 0
+    records_replayed: int = 0
     events_published: int = 0
     frame_events: int = 0
     summaries: int = 0
     dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     commits: int = 0
-    streams_ended: int = 0
+    rewinds: int = 0
+    pauses: int = 0
     started: float = field(default_factory=time.time)
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
-    """Runs on kafka-python's IO loop: blocking consumer calls are not allowed, so the commit is awaited."""
+    """Runs on kafka-python's IO loop (while the main thread waits in poll): commits are awaited, not blocking."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        offsets = self.worker._drain_for_revoke()
-        if offsets:
-            try:
-                await self.worker.consumer.commit_async(offsets)
-                self.worker.stats.commits += 1
-            except KafkaError as exc:
-                log.warning("commit on revoke failed; the next owner may repeat some frames: %s", exc)
-        self.worker._forget(revoked)
+        w = self.worker
+        try:
+            offsets = w._drain_for_revoke()
+            if offsets:
+                await w._commit_offsets_async(offsets)
+        except (KafkaError, BrokerError) as exc:
+            log.warning("commit on revoke failed; the next owner resumes from the previous commit: %s", exc)
+        w._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("assigned partitions=%s", sorted(tp.partition for tp in assigned))
-        self.worker.assigned = {tp.partition for tp in assigned}
+        parts = {tp.partition for tp in assigned}
+        log.info("assigned partitions=%s", sorted(parts))
+        self.worker._pending_assign |= parts - self.worker.assigned
+        self.worker.assigned |= parts
 
     async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
         log.warning(
-            "lost partitions=%s (evicted): dropping their state without commit", sorted(tp.partition for tp in lost)
+            "lost partitions=%s (evicted): dropping their state without commit", sorted(t.partition for t in lost)
         )
-        self.worker.pipeline.pump(force=True)
         self.worker._forget(lost)
 
 
@@ -83,7 +97,15 @@ class Worker:
         self._stop = threading.Event()
         self._trackers: dict[int, OffsetTracker] = defaultdict(OffsetTracker)
         self._acked_pending: list[Source] = []
+        self._futures: list[Any] = []
+        self._kf: dict[int, dict[str, list[int]]] = defaultdict(dict)  # partition -> stream -> keyframe offsets
+        self._ends: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> stream -> end-of-stream offset
+        self._replay_until: dict[int, int] = {}
+        self._pending_assign: set[int] = set()
+        self._paused: set[TopicPartition] = set()
+        self._in_txn = False
         self._last_commit = time.monotonic()
+        self.last_tick = time.monotonic()
         self.pipeline = Pipeline(
             detector,
             engine,
@@ -95,7 +117,8 @@ class Worker:
             stages=self.stages,
         )
         kafka = settings.kafka
-        common = kafka.client_kwargs()
+        common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
+        exactly_once = settings.delivery == "exactly_once"
         try:
             self.producer = KafkaProducer(
                 **common,
@@ -105,45 +128,59 @@ class Worker:
                 max_in_flight_requests_per_connection=1,
                 retries=2**31 - 1,
                 request_timeout_ms=kafka.request_timeout_ms,
+                delivery_timeout_ms=settings.delivery_timeout_ms,
                 max_request_size=settings.dlq_max_value_bytes + 64 * 1024 + 1024 * 1024,
+                transactional_id=f"{settings.group_id}-{settings.worker_id}" if exactly_once else None,
             )
+            if exactly_once:
+                self.producer.init_transactions()
             self.consumer = KafkaConsumer(
                 **common,
                 client_id=f"{kafka.client_id}-{settings.worker_id}",
                 group_id=settings.group_id,
+                group_instance_id=settings.group_instance_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=kafka.max_poll_records,
                 session_timeout_ms=kafka.session_timeout_ms,
                 heartbeat_interval_ms=kafka.heartbeat_interval_ms,
                 max_partition_fetch_bytes=settings.max_packet_bytes + 1024 * 1024,
-                fetch_max_bytes=max(52428800, settings.max_packet_bytes * 2),
+                fetch_max_bytes=max(16 * 1024 * 1024, settings.max_packet_bytes * 2),
                 request_timeout_ms=kafka.request_timeout_ms,
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot connect to Kafka at {kafka.bootstrap}: {exc}") from exc
         self.consumer.subscribe([settings.topics.input], listener=_Rebalance(self))
 
-    # ---------------------------------------------------------------- callbacks from the pipeline
+    # ---------------------------------------------------------------- producing
+    def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if self.settings.delivery == "exactly_once" and not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+        self._futures.append(self.producer.send(topic, key=key, value=value))
+
     def _emit(self, event: FrameEvent | StreamSummary, sources: list[Source]) -> None:
         with self.stages.time("publish"):
-            self.producer.send(self.settings.topics.expressions, key=event.stream_id.encode(), value=encode(event))
+            self._send(self.settings.topics.expressions, event.stream_id.encode(), encode(event))
         self.stats.events_published += 1
         if isinstance(event, FrameEvent):
             self.stats.frame_events += 1
         else:
             self.stats.summaries += 1
-            self.stats.streams_ended += 1
         self._acked_pending.extend(sources)
 
     def _done(self, sources: list[Source]) -> None:
         self._acked_pending.extend(sources)
 
     def _dead_letter(self, record: Any, reason: str, detail: str, stream_id: str | None = None) -> None:
+        source = Source(record.partition, record.offset)
+        if record.offset < self._replay_until.get(record.partition, -1):
+            self._acked_pending.append(source)  # the previous owner dead-lettered it already
+            return
         value: bytes | None = record.value
         size = len(value) if value is not None else 0
         if size > self.settings.dlq_max_value_bytes:
-            value = None
+            value = None  # the pointer (topic, partition, offset) stays
         letter = DeadLetter(
             reason=reason,
             detail=detail[:2000],
@@ -157,7 +194,7 @@ class Worker:
             worker_id=self.settings.worker_id,
             time=time.time(),
         )
-        self.producer.send(self.settings.topics.dlq, key=record.key, value=encode(letter))
+        self._send(self.settings.topics.dlq, record.key, encode(letter))
         self.stats.dead_letters[reason] += 1
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s detail=%s",
@@ -167,14 +204,16 @@ class Worker:
             reason,
             detail[:200],
         )
-        self._acked_pending.append(Source(record.partition, record.offset))
+        self._acked_pending.append(source)
 
-    # ---------------------------------------------------------------- main loop
+    # ---------------------------------------------------------------- input
     def handle_record(self, record: Any) -> None:
         """Decode, validate and process one input record; bad input goes to the dead-letter topic."""
+        p, offset = record.partition, record.offset
+        replay = offset < self._replay_until.get(p, -1)
         self.stats.records += 1
-        self._trackers[record.partition].consumed(record.offset)
-        source = Source(record.partition, record.offset)
+        self.stats.records_replayed += int(replay)
+        self._trackers[p].consumed(offset)
         if record.value is None:
             self._dead_letter(record, "empty_value", "record has no value (tombstone)")
             return
@@ -184,7 +223,7 @@ class Worker:
         try:
             msg = decode(record.value)
         except SchemaError as exc:
-            self._dead_letter(record, "bad_message", str(exc))
+            self._dead_letter(record, exc.reason, str(exc))
             return
         if not isinstance(msg, StreamStart | VideoPacket | StreamEnd):
             self._dead_letter(record, "wrong_topic", f"{type(msg).__name__} does not belong on the input topic")
@@ -193,23 +232,63 @@ class Worker:
         if key is not None and key != msg.stream_id:
             self._dead_letter(record, "key_mismatch", f"key {key!r} != stream_id {msg.stream_id!r}", msg.stream_id)
             return
+        if isinstance(msg, VideoPacket) and msg.keyframe:
+            self._kf[p].setdefault(msg.stream_id, []).append(offset)
+        elif isinstance(msg, StreamEnd):
+            self._ends[p][msg.stream_id] = offset
+        elif isinstance(msg, StreamStart):
+            self._kf[p].pop(msg.stream_id, None)
+            self._ends[p].pop(msg.stream_id, None)
         try:
-            self.pipeline.handle(msg, source)
+            self.pipeline.handle(msg, Source(p, offset), replay=replay)
         except DecodeError as exc:
-            self._dead_letter(record, "decode_error", str(exc), msg.stream_id)
+            self._dead_letter(record, exc.reason, str(exc), msg.stream_id)
+
+    # ---------------------------------------------------------------- commits
+    def _rewind_point(self, partition: int, pos: int) -> int | None:
+        """Offset of the earliest keyframe a new owner must re-decode from to resume every open stream at ``pos``."""
+        rewind: int | None = None
+        kf, ends = self._kf[partition], self._ends[partition]
+        for sid in list(kf):
+            end = ends.get(sid)
+            if end is not None and end < pos:
+                del kf[sid]
+                del ends[sid]
+                continue
+            below = [o for o in kf[sid] if o < pos]
+            if not below:
+                continue
+            last = max(below)
+            kf[sid] = [o for o in kf[sid] if o >= last]
+            rewind = last if rewind is None else min(rewind, last)
+        return rewind
 
     def _acknowledged_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Flush the producer (every event acknowledged), then the offsets whose work is finished."""
+        """Flush the producer, check every send, then the offsets whose work is finished (with rewind metadata)."""
         with self.stages.time("publish"):
             self.producer.flush()
+        failed = [f for f in self._futures if f.failed()]
+        self._futures.clear()
+        if failed:
+            self._acked_pending.clear()
+            raise BrokerError(
+                f"{len(failed)} event(s) were not acknowledged by the broker ({failed[0].exception!r}); "
+                "stopping without committing: the next owner resumes from the last commit"
+            )
         for src in self._acked_pending:
-            self._trackers[src.partition].done(src.offset)
+            if src.partition in self._trackers:
+                self._trackers[src.partition].done(src.offset)
         self._acked_pending.clear()
         offsets = {}
         for partition, tracker in self._trackers.items():
             pos = tracker.committable()
-            if pos is not None:
-                offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, "", -1)
+            if pos is None:
+                continue
+            rewind = self._rewind_point(partition, pos)
+            meta = json.dumps({"rewind": rewind}) if rewind is not None and rewind < pos else ""
+            offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, meta, -1)
+            if pos >= self._replay_until.get(partition, -1):
+                self._replay_until.pop(partition, None)
         return offsets
 
     def commit(self, force: bool = False) -> None:
@@ -218,15 +297,33 @@ class Worker:
         if not force and (now - self._last_commit) * 1000 < self.settings.commit_interval_ms:
             return
         self._last_commit = now
-        if not self._acked_pending and not force:
+        if not self._acked_pending and not self._futures and not force:
             return
         offsets = self._acknowledged_offsets()
-        if offsets:
-            try:
+        if not offsets:
+            return
+        try:
+            if self.settings.delivery == "exactly_once":
+                self._commit_transaction(offsets)
+            else:
                 self.consumer.commit(offsets)
-                self.stats.commits += 1
-            except KafkaError as exc:
-                log.warning("offset commit failed (will retry): %s", exc)
+            self.stats.commits += 1
+        except KafkaError as exc:
+            log.warning("offset commit failed (retried at the next commit): %s", exc)
+
+    def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if not self._in_txn:
+            self.producer.begin_transaction()
+        self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        self.producer.commit_transaction()
+        self._in_txn = False
+
+    async def _commit_offsets_async(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.settings.delivery == "exactly_once":
+            self._commit_transaction(offsets)
+        else:
+            await self.consumer.commit_async(offsets)
+        self.stats.commits += 1
 
     def _drain_for_revoke(self) -> dict[TopicPartition, OffsetAndMetadata]:
         log.info("partitions revoked: draining queued frames, publishing, committing")
@@ -237,17 +334,69 @@ class Worker:
         parts = {tp.partition for tp in partitions}
         dropped = self.pipeline.drop_partitions(parts)
         for p in parts:
-            self._trackers.pop(p, None)
+            for table in (self._trackers, self._kf, self._ends, self._replay_until):
+                table.pop(p, None)
+        self._paused = {tp for tp in self._paused if tp.partition not in parts}
         self.assigned -= parts
+        self._pending_assign -= parts
         if dropped:
             log.info("dropped decoders streams=%s", dropped)
 
+    # ---------------------------------------------------------------- assignment and backpressure
+    def _resolve_assignments(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """New partitions: seek to the commit's rewind point (replaying up to the commit) before processing."""
+        for p in sorted(self._pending_assign):
+            tp = TopicPartition(self.settings.topics.input, p)
+            fetched = batches.pop(tp, [])
+            committed = self.consumer.committed(tp, metadata=True)
+            target = fetched[0].offset if fetched else None
+            if committed is not None and committed.offset >= 0:
+                target = committed.offset
+                try:
+                    rewind = json.loads(committed.metadata or "{}").get("rewind")
+                except (ValueError, AttributeError):
+                    rewind = None
+                if isinstance(rewind, int) and 0 <= rewind < committed.offset:
+                    target = rewind
+                    self._replay_until[p] = committed.offset
+                    self.stats.rewinds += 1
+                    log.info("partition=%d: replaying offsets %d..%d to resume decoders", p, rewind, committed.offset)
+            if target is not None:
+                self.consumer.seek(tp, target)
+        self._pending_assign.clear()
+
+    def _backpressure(self) -> None:
+        """Pause the partitions that fill the queue when it is over budget; resume when it has drained."""
+        limit = self.settings.max_queued_frames
+        queued = self.pipeline.queued
+        if queued > limit:
+            by_part = sorted(self.pipeline.queued_by_partition().items(), key=lambda kv: -kv[1])
+            busiest = {TopicPartition(self.settings.topics.input, p) for p, _ in by_part[: max(1, len(by_part) // 2)]}
+            new = busiest - self._paused
+            if new:
+                self.consumer.pause(*new)
+                self._paused |= new
+                self.stats.pauses += 1
+                log.info(
+                    "backpressure: %d frames queued; paused partitions=%s", queued, sorted(t.partition for t in new)
+                )
+        elif self._paused and queued <= limit // 2:
+            self.consumer.resume(*self._paused)
+            log.info("backpressure: drained; resumed partitions=%s", sorted(t.partition for t in self._paused))
+            self._paused.clear()
+
+    @property
+    def paused(self) -> set[int]:
+        return {tp.partition for tp in self._paused}
+
+    # ---------------------------------------------------------------- main loop
     def step(self, poll_timeout_ms: int = 100) -> int:
         """One poll-process-publish-commit round; returns records handled."""
-        timeout = poll_timeout_ms if self.pipeline.queued == 0 else 0
-        if self.pipeline.queued:
-            timeout = int(max(0.0, self.pipeline.max_wait_s * 1000) // 2)
+        self.last_tick = time.monotonic()
+        timeout = poll_timeout_ms if self.pipeline.queued == 0 else int(self.pipeline.max_wait_s * 500)
         batches = self.consumer.poll(timeout_ms=timeout, max_records=self.settings.kafka.max_poll_records)
+        if self._pending_assign:
+            self._resolve_assignments(batches)
         n = 0
         for tp in sorted(batches, key=lambda t: t.partition):
             for record in batches[tp]:
@@ -256,15 +405,11 @@ class Worker:
                 if self.pipeline.due():
                     self.pipeline.pump()
         self.pipeline.pump(force=n == 0)
+        self._backpressure()
         self.commit()
         return n
 
-    def run(
-        self,
-        *,
-        max_seconds: float | None = None,
-        until: Callable[[Worker], bool] | None = None,
-    ) -> WorkerStats:
+    def run(self, *, max_seconds: float | None = None, until: Callable[[Worker], bool] | None = None) -> WorkerStats:
         """Poll until :meth:`stop`, ``max_seconds`` elapsed or ``until(self)`` is true; then drain and commit."""
         t0 = time.monotonic()
         log.info(
@@ -273,22 +418,22 @@ class Worker:
             self.settings.group_id,
             self.settings.topics.input,
         )
-        try:
-            while not self._stop.is_set():
-                self.step()
-                if max_seconds is not None and time.monotonic() - t0 >= max_seconds:
-                    break
-                if until is not None and until(self):
-                    break
-        finally:
-            self.pipeline.pump(force=True)
-            self.commit(force=True)
+        while not self._stop.is_set():
+            self.step()
+            if max_seconds is not None and time.monotonic() - t0 >= max_seconds:
+                break
+            if until is not None and until(self):
+                break
+        self.pipeline.pump(force=True)
+        self.commit(force=True)
         return self.stats
 
     def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step (safe from signal handlers and other threads)."""
         self._stop.set()
 
     def close(self) -> None:
+        """Leave the group (the revoke listener drains and commits) and close the clients."""
         try:
             self.consumer.close()
         finally:

@@ -149,7 +149,7 @@ def test_sampling_fps_and_dead_letters_while_good_stream_flows(
     assert [round(e.pts_time, 2) for e in frames] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]
     letters = _read_all(broker.bootstrap, settings.topics.dlq, expect_types=3)
     reasons = sorted(e.reason for e in letters if isinstance(e, DeadLetter))
-    assert reasons == ["bad_message", "bad_message", "bad_message"]
+    assert reasons == ["invalid_fields", "not_msgpack", "unknown_version"]
     details = " ".join(e.detail for e in letters if isinstance(e, DeadLetter))
     assert "unknown schema version 99" in details and "not a msgpack" in details
     assert all(e.value is not None and e.source_topic == settings.topics.input for e in letters)
@@ -158,7 +158,8 @@ def test_sampling_fps_and_dead_letters_while_good_stream_flows(
 def test_worker_joins_mid_stream_waits_for_keyframe(
     broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
 ) -> None:
-    """Packets before the first keyframe are counted as skipped, not lost; decoding starts at the keyframe."""
+    """Packets before the first keyframe are counted as skipped and dead-lettered (nothing dropped silently);
+    decoding starts at the keyframe and frame_seq resyncs to the keyframe's packet seq."""
     video, _has_face = face_video
     settings = _settings(broker, topic_prefix, small_onnx)
     ensure_topics(settings.kafka, settings.topics)
@@ -172,7 +173,9 @@ def test_worker_joins_mid_stream_waits_for_keyframe(
     summary = next(e for e in events if isinstance(e, StreamSummary))
     assert summary.packets_skipped == 3
     assert summary.frames_sampled == len(packets) - second_key
-    assert worker.stats.dead_letters == {}
+    assert worker.stats.dead_letters == {"before_keyframe": 3}
+    frames = [e for e in events if isinstance(e, FrameEvent)]
+    assert frames[0].frame_seq == second_key and [e.frame_seq for e in frames] == list(range(second_key, len(packets)))
 
 
 def test_embedded_broker_listens_on_loopback_only() -> None:
