@@ -40,7 +40,8 @@ def make_face_video(
     Returns, per frame in presentation order, whether the frame shows a face.
     """
     w, h = size
-    face_img = cv2.resize(astronaut_bgr(), (300, 300), interpolation=cv2.INTER_AREA)
+    side = min(300, int(min(w, h) * 0.8))
+    face_img = cv2.resize(astronaut_bgr(), (side, side), interpolation=cv2.INTER_AREA)
     has_face = []
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -52,9 +53,9 @@ def make_face_video(
             frame = np.full((h, w, 3), 96, np.uint8)
             face = i >= blank_frames
             if face:
-                x = int((w - 300) * (i - blank_frames) / max(1, n_frames - blank_frames - 1))
-                y = (h - 300) // 2
-                frame[y : y + 300, x : x + 300] = face_img
+                x = int((w - side) * (i - blank_frames) / max(1, n_frames - blank_frames - 1))
+                y = (h - side) // 2
+                frame[y : y + side, x : x + side] = face_img
             has_face.append(face)
             vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
             vf.pts = i

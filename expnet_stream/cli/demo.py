@@ -18,9 +18,11 @@ from rich.table import Table
 
 from ..client import Subscriber
 from ..config.settings import load_settings
+from ..errors import ConfigError
 from ..events.schema import FrameEvent, StreamSummary
 from ..kafka.broker import EmbeddedBroker
 from ..kafka.topics import ensure_topics
+from ..ops.health import HealthServer
 from ..video.ingest import ingest
 from ..video.sample import sample_video
 from ..worker.runtime import build_detector, build_engine
@@ -72,6 +74,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             "NOT expressions. Every event says so (model_trained=false).[/]"
         )
     worker = Worker(settings, detector, engine)
+    ops_server = _serve_ops(console, settings, worker)
     streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]
     ingested: dict[str, int] = {}
     ingest_errors: list[str] = []
@@ -155,6 +158,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     worker.stop()
     worker_thread.join(timeout=30)
     worker.close()
+    if ops_server is not None:
+        ops_server.stop()
     producer.close()
     sub.close()
     elapsed = max(1e-6, last_rx - t_start)
@@ -185,6 +190,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             "definition": "subscriber receive time - packet ingest time",
         },
         "stages": worker.stages.breakdown(),
+        "metrics_url": f"{ops_server.url}/metrics" if ops_server is not None else None,
     }
     ok = (
         len(summaries) == len(streams) and summary["events_received"] == summary["frames_sampled"] and not ingest_errors
@@ -195,6 +201,20 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     else:
         _print_summary(console, summary)
     return 0 if ok else 1
+
+
+def _serve_ops(console: Console, settings: Any, worker: Worker) -> HealthServer | None:
+    """The worker's /metrics, /healthz and /readyz on loopback (an ephemeral port when the configured one is busy)."""
+    ops = settings.ops
+    if not ops.metrics_enabled:
+        return None
+    try:
+        server = HealthServer(worker.metrics.registry, worker.health.snapshot, ops.metrics_host, ops.metrics_port)
+        server.start()
+    except ConfigError:
+        server = HealthServer(worker.metrics.registry, worker.health.snapshot, "127.0.0.1", 0).start()
+    console.print(f"worker metrics: {server.url}/metrics  health: {server.url}/healthz  {server.url}/readyz")
+    return server
 
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,17 +80,47 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ..config.settings import load_settings
     from ..kafka.topics import ensure_topics
+    from ..ops import WorkerHealth, WorkerMetrics, serve_ops
     from ..worker.runtime import build_detector, build_engine
     from ..worker.worker import Worker
 
     settings = load_settings(args.config, _kafka_overrides(args))
+    if settings.ops.log_json and not args.log_json:
+        setup_logging(args.log_level, json_lines=True)
     if args.create_topics:
         ensure_topics(settings.kafka, settings.topics)
-    worker = Worker(settings, build_detector(settings), build_engine(settings))
+    ops = settings.ops
+    health = WorkerHealth(ops.liveness_timeout_s, ready_requires_partitions=ops.ready_requires_partitions)
+    metrics = WorkerMetrics(status_provider=lambda: health.status)
+    # serve before the engine loads: /healthz answers "starting" meanwhile (startup probes), /readyz 503
+    server = serve_ops(ops, metrics.registry, health.snapshot)
+    try:
+        return _run_worker(
+            args,
+            settings,
+            Worker(settings, build_detector(settings), build_engine(settings), metrics=metrics, health=health),
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run_worker(args: argparse.Namespace, settings: Any, worker: Any) -> int:
+    deadline = settings.shutdown_deadline_s
 
     def _stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining and stopping", signum)
+        if worker._stop.is_set():
+            return
+        log.info("signal %d: stop polling, drain, publish, commit, leave the group (deadline %.0f s)", signum, deadline)
         worker.stop()
+
+        def _overdue() -> None:
+            log.error("shutdown took longer than %.1f s: exiting without a clean commit", deadline)
+            os._exit(3)
+
+        timer = threading.Timer(deadline, _overdue)
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -305,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None)
     c.add_argument("--bootstrap")
     c.set_defaults(func=cmd_config_show)
+
+    from .engine_cmd import register as register_engine_commands
+
+    register_engine_commands(sub)
     return p
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..errors import ConfigError
+from ..ops.settings import OpsSettings
 
 
 class _Section(BaseModel):
@@ -70,6 +71,17 @@ class ModelSettings(_Section):
     engine: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     threads: int | None = Field(None, ge=1, description="engine intra-op threads; None = all cores")
     allow_spinning: bool = Field(False, description="ORT thread spinning; off when decode shares the cores")
+    plan_dir: Path | None = Field(
+        None, description="TensorRT plan cache root (engine 'tensorrt'); None = <cache_dir>/plans"
+    )
+    precision: Literal["fp32", "fp16", "int8", "int8-fp16"] = Field("fp16", description="TensorRT plan precision")
+    build_on_miss: bool = Field(
+        False, description="engine 'tensorrt': build the plan here when the cache has none for this GPU (minutes)"
+    )
+    gpu_index: int = Field(0, ge=0, description="engines 'tensorrt'/'torch': CUDA device index")
+    checkpoint: Path | None = Field(None, description="engine 'torch': checkpoint with the weights of `onnx`")
+    device: str | None = Field(None, description="engine 'torch': 'cuda', 'cuda:1' or 'cpu'; None = CUDA if present")
+    cuda_graphs: bool = Field(False, description="engine 'torch': one CUDA graph per batch bucket (CUDA only)")
 
 
 class BatchSettings(_Section):
@@ -96,6 +108,7 @@ class WorkerSettings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
     sampling: SamplingSettings = SamplingSettings()
+    ops: OpsSettings = OpsSettings()
     commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")

@@ -41,6 +41,7 @@ from ..events.schema import (
 from ..faces.crop import crop_boxes, crop_faces
 from ..faces.detections import Detections
 from ..faces.detector import FaceDetector
+from ..ops.metrics import PipelineObserver
 from ..video.decode import DecodedFrame, StreamDecoder
 from .stages import StageTimes
 
@@ -135,6 +136,7 @@ class Pipeline:
         sample_fps: float | None = None,
         decoder_threads: int = 1,
         stages: StageTimes | None = None,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self.detector = detector
         self.engine = engine
@@ -146,6 +148,7 @@ class Pipeline:
         self.sample_fps = sample_fps
         self.decoder_threads = decoder_threads
         self.stages = stages or StageTimes()
+        self.observer = observer
         self.streams: dict[str, StreamState] = {}
         self._queue: deque[_Work] = deque()
         self._queued_faces = 0
@@ -195,6 +198,8 @@ class Pipeline:
         except DecodeError as exc:
             if exc.reason == "before_keyframe":
                 state.counters.packets_skipped += 1
+                if self.observer is not None:
+                    self.observer.frame_dropped(source.partition, "before_keyframe")
             raise
         if fresh:
             # a decoder (re)starting at a keyframe: presentation index = the keyframe's packet seq
@@ -235,9 +240,18 @@ class Pipeline:
                 frame_seq=seq,
                 replay=replayed,
             )
+            if self.observer is not None:
+                obs = self.observer
+                obs.frame_decoded(source.partition)
+                if replayed:
+                    obs.frame_replayed(source.partition)
+                elif not sampled:
+                    obs.frame_skipped(source.partition)
             if sampled and not replayed:
                 with self.stages.time("detect"):
                     dets = self.detector.detect(frame.image)
+                if self.observer is not None and len(dets):
+                    self.observer.faces(len(dets))
                 with self.stages.time("crop"):
                     crops = crop_faces(frame.image, dets.xyxy, self.contract) if len(dets) else None
                 work.dets, work.crops = dets, crops
@@ -290,6 +304,8 @@ class Pipeline:
             with self.stages.time("infer"):
                 batch = self.contract.normalize(np.concatenate(crops))
                 coeffs = self.engine.infer(batch)
+            if self.observer is not None:
+                self.observer.batch(len(batch))
         emitted = 0
         row = 0
         for work in take:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .. import plugin_registry
 from ..config.settings import WorkerSettings
 from ..engines import create_engine
 from ..engines.base import Engine
 from ..faces.detector import FaceDetector
-from ..models.export import ensure_onnx
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,25 @@ def build_detector(settings: WorkerSettings) -> FaceDetector:
 
 def build_engine(settings: WorkerSettings) -> Engine:
     m = settings.model
-    onnx_path = m.onnx if m.onnx is not None else ensure_onnx(m.name, m.cache_dir / "models")
-    engine = create_engine(
-        m.engine,
-        onnx_path,
-        max_batch=settings.batch.max_batch,
-        intra_op_threads=m.threads,
-        allow_spinning=m.allow_spinning,
-    )
+    if m.onnx is not None:
+        onnx_path = m.onnx
+    else:  # exporting needs torch; a worker given an ONNX file does not import it
+        from ..models.export import ensure_onnx
+
+        onnx_path = ensure_onnx(m.name, m.cache_dir / "models")
+    opts: dict[str, Any] = {"max_batch": settings.batch.max_batch}
+    if m.engine == "onnxruntime":
+        opts.update(intra_op_threads=m.threads, allow_spinning=m.allow_spinning)
+    elif m.engine == "tensorrt":
+        opts.update(
+            plan_dir=m.plan_dir if m.plan_dir is not None else m.cache_dir / "plans",
+            precision=m.precision,
+            build_on_miss=m.build_on_miss,
+            device_index=m.gpu_index,
+        )
+    else:
+        opts.update(checkpoint=m.checkpoint, device=m.device, cuda_graphs=m.cuda_graphs, intra_op_threads=m.threads)
+    engine = create_engine(m.engine, onnx_path, **opts)
     if not engine.contract.trained:
         log.warning(
             "model %s has UNTRAINED weights: its coefficients are meaningless (events say so in model_id "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -14,6 +14,7 @@ STAGES = ("decode", "detect", "crop", "infer", "publish")
 class StageTimes:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    observer: Callable[[str, float], None] | None = None  # e.g. WorkerMetrics.observe_stage
 
     @contextmanager
     def time(self, stage: str) -> Iterator[None]:
@@ -21,8 +22,11 @@ class StageTimes:
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
             self.calls[stage] = self.calls.get(stage, 0) + 1
+            if self.observer is not None:
+                self.observer(stage, dt)
 
     def breakdown(self) -> dict[str, dict[str, float]]:
         total = sum(self.seconds.values()) or 1.0

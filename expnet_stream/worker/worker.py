@@ -6,17 +6,15 @@ committed. A send that fails after ``delivery_timeout_ms`` of retries stops the 
 committing, so the next owner resumes from the last commit. ``delivery: exactly_once`` commits the
 offsets inside a Kafka transaction instead.
 
-Resuming without loss: every commit carries, in its metadata, the offset of the last keyframe
-before the committed position of every open stream (``{"rewind": offset}``). A worker that is
-assigned the partition seeks back there, re-decodes the packets below the committed position
-without re-publishing their frames ("replay"), and continues: no frame is lost to a decoder
-that has to wait for a keyframe, and duplicates are limited to events published after the last
-commit (at most ``commit_interval_ms`` of work plus what was in flight).
+Resuming without loss: a worker assigned a partition finds the last keyframe before the committed
+position of every open stream (:mod:`.resume`), seeks back there, re-decodes the packets below the
+committed position without re-publishing their frames ("replay"), and continues: no frame is lost
+to a decoder that has to wait for a keyframe, and duplicates are limited to events published after
+the previous owner's last commit (at most ``commit_interval_ms`` of work plus what was in flight).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,8 +33,10 @@ from ..errors import BrokerError, DecodeError, SchemaError
 from ..events.codec import decode, encode
 from ..events.schema import DeadLetter, FrameEvent, StreamEnd, StreamStart, StreamSummary, VideoPacket
 from ..faces.detector import FaceDetector
+from ..ops import WorkerHealth, WorkerMetrics, partition_lag
 from .offsets import OffsetTracker
 from .pipeline import Pipeline, Source
+from .resume import find_rewind
 from .stages import StageTimes
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
             if offsets:
                 await w._commit_offsets_async(offsets)
         except (KafkaError, BrokerError) as exc:
+            w.metrics.commit(ok=False)
             log.warning("commit on revoke failed; the next owner resumes from the previous commit: %s", exc)
         w._forget(revoked)
 
@@ -77,6 +78,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         log.info("assigned partitions=%s", sorted(parts))
         self.worker._pending_assign |= parts - self.worker.assigned
         self.worker.assigned |= parts
+        self.worker._assignment_changed()
+        self.worker.health.set_broker_reachable(True)  # joining the group took a coordinator round trip
 
     async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
         log.warning(
@@ -88,18 +91,32 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 class Worker:
     """One member of the worker fleet. Call :meth:`run`; stop it with :meth:`stop` or a stop condition."""
 
-    def __init__(self, settings: WorkerSettings, detector: FaceDetector, engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        detector: FaceDetector,
+        engine: Engine,
+        *,
+        metrics: WorkerMetrics | None = None,
+        health: WorkerHealth | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.stats = WorkerStats()
-        self.stages = StageTimes()
+        ops = settings.ops
+        self.health = health or WorkerHealth(
+            ops.liveness_timeout_s, ready_requires_partitions=ops.ready_requires_partitions
+        )
+        self.metrics = metrics or WorkerMetrics(status_provider=lambda: self.health.status)
+        self.metrics.engine_info(engine.model_id, engine.name, engine.contract.trained)
+        self.health.set_engine_loaded(True)
+        self._next_lag = 0.0
+        self.stages = StageTimes(observer=self.metrics.observe_stage)
         self.assigned: set[int] = set()
         self._stop = threading.Event()
         self._trackers: dict[int, OffsetTracker] = defaultdict(OffsetTracker)
         self._acked_pending: list[Source] = []
         self._futures: list[Any] = []
-        self._kf: dict[int, dict[str, list[int]]] = defaultdict(dict)  # partition -> stream -> keyframe offsets
-        self._ends: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> stream -> end-of-stream offset
         self._replay_until: dict[int, int] = {}
         self._pending_assign: set[int] = set()
         self._paused: set[TopicPartition] = set()
@@ -115,9 +132,11 @@ class Worker:
             max_wait_ms=settings.batch.max_wait_ms,
             sample_fps=settings.sampling.fps,
             stages=self.stages,
+            observer=self.metrics,
         )
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
+        self._kafka_kwargs = common
         exactly_once = settings.delivery == "exactly_once"
         try:
             self.producer = KafkaProducer(
@@ -149,6 +168,7 @@ class Worker:
                 request_timeout_ms=kafka.request_timeout_ms,
             )
         except KafkaError as exc:
+            self.health.set_broker_reachable(False)
             raise BrokerError(f"cannot connect to Kafka at {kafka.bootstrap}: {exc}") from exc
         self.consumer.subscribe([settings.topics.input], listener=_Rebalance(self))
 
@@ -165,8 +185,11 @@ class Worker:
         self.stats.events_published += 1
         if isinstance(event, FrameEvent):
             self.stats.frame_events += 1
+            latency = event.publish_time - event.capture_time if event.capture_time > 0 else None
+            self.metrics.event_published("frame", latency)
         else:
             self.stats.summaries += 1
+            self.metrics.event_published("summary")
         self._acked_pending.extend(sources)
 
     def _done(self, sources: list[Source]) -> None:
@@ -196,6 +219,7 @@ class Worker:
         )
         self._send(self.settings.topics.dlq, record.key, encode(letter))
         self.stats.dead_letters[reason] += 1
+        self.metrics.dead_letter(reason)
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s detail=%s",
             record.topic,
@@ -213,6 +237,7 @@ class Worker:
         replay = offset < self._replay_until.get(p, -1)
         self.stats.records += 1
         self.stats.records_replayed += int(replay)
+        self.metrics.record(p)
         self._trackers[p].consumed(offset)
         if record.value is None:
             self._dead_letter(record, "empty_value", "record has no value (tombstone)")
@@ -232,45 +257,21 @@ class Worker:
         if key is not None and key != msg.stream_id:
             self._dead_letter(record, "key_mismatch", f"key {key!r} != stream_id {msg.stream_id!r}", msg.stream_id)
             return
-        if isinstance(msg, VideoPacket) and msg.keyframe:
-            self._kf[p].setdefault(msg.stream_id, []).append(offset)
-        elif isinstance(msg, StreamEnd):
-            self._ends[p][msg.stream_id] = offset
-        elif isinstance(msg, StreamStart):
-            self._kf[p].pop(msg.stream_id, None)
-            self._ends[p].pop(msg.stream_id, None)
         try:
             self.pipeline.handle(msg, Source(p, offset), replay=replay)
         except DecodeError as exc:
             self._dead_letter(record, exc.reason, str(exc), msg.stream_id)
 
     # ---------------------------------------------------------------- commits
-    def _rewind_point(self, partition: int, pos: int) -> int | None:
-        """Offset of the earliest keyframe a new owner must re-decode from to resume every open stream at ``pos``."""
-        rewind: int | None = None
-        kf, ends = self._kf[partition], self._ends[partition]
-        for sid in list(kf):
-            end = ends.get(sid)
-            if end is not None and end < pos:
-                del kf[sid]
-                del ends[sid]
-                continue
-            below = [o for o in kf[sid] if o < pos]
-            if not below:
-                continue
-            last = max(below)
-            kf[sid] = [o for o in kf[sid] if o >= last]
-            rewind = last if rewind is None else min(rewind, last)
-        return rewind
-
     def _acknowledged_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Flush the producer, check every send, then the offsets whose work is finished (with rewind metadata)."""
+        """Flush the producer, check every send, then the offsets whose work is finished."""
         with self.stages.time("publish"):
             self.producer.flush()
         failed = [f for f in self._futures if f.failed()]
         self._futures.clear()
         if failed:
             self._acked_pending.clear()
+            self.health.set_broker_reachable(False)
             raise BrokerError(
                 f"{len(failed)} event(s) were not acknowledged by the broker ({failed[0].exception!r}); "
                 "stopping without committing: the next owner resumes from the last commit"
@@ -284,9 +285,7 @@ class Worker:
             pos = tracker.committable()
             if pos is None:
                 continue
-            rewind = self._rewind_point(partition, pos)
-            meta = json.dumps({"rewind": rewind}) if rewind is not None and rewind < pos else ""
-            offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, meta, -1)
+            offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, "", -1)
             if pos >= self._replay_until.get(partition, -1):
                 self._replay_until.pop(partition, None)
         return offsets
@@ -308,7 +307,11 @@ class Worker:
             else:
                 self.consumer.commit(offsets)
             self.stats.commits += 1
+            self.metrics.commit()
+            self.health.set_broker_reachable(True)
         except KafkaError as exc:
+            self.metrics.commit(ok=False)
+            self.health.set_broker_reachable(False)
             log.warning("offset commit failed (retried at the next commit): %s", exc)
 
     def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -324,6 +327,7 @@ class Worker:
         else:
             await self.consumer.commit_async(offsets)
         self.stats.commits += 1
+        self.metrics.commit()
 
     def _drain_for_revoke(self) -> dict[TopicPartition, OffsetAndMetadata]:
         log.info("partitions revoked: draining queued frames, publishing, committing")
@@ -334,33 +338,36 @@ class Worker:
         parts = {tp.partition for tp in partitions}
         dropped = self.pipeline.drop_partitions(parts)
         for p in parts:
-            for table in (self._trackers, self._kf, self._ends, self._replay_until):
-                table.pop(p, None)
+            self._trackers.pop(p, None)
+            self._replay_until.pop(p, None)
         self._paused = {tp for tp in self._paused if tp.partition not in parts}
         self.assigned -= parts
         self._pending_assign -= parts
+        self._assignment_changed()
         if dropped:
             log.info("dropped decoders streams=%s", dropped)
 
     # ---------------------------------------------------------------- assignment and backpressure
+    def _assignment_changed(self) -> None:
+        self.metrics.assigned(self.assigned)  # also removes lag series of partitions no longer held
+        self.metrics.paused(len(self._paused))
+        self.health.set_assigned(len(self.assigned))
+
     def _resolve_assignments(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """New partitions: seek to the commit's rewind point (replaying up to the commit) before processing."""
+        """New partitions: seek back to the keyframes the open streams need (replaying up to the commit)."""
         for p in sorted(self._pending_assign):
             tp = TopicPartition(self.settings.topics.input, p)
             fetched = batches.pop(tp, [])
-            committed = self.consumer.committed(tp, metadata=True)
+            committed = self.consumer.committed(tp)
             target = fetched[0].offset if fetched else None
-            if committed is not None and committed.offset >= 0:
-                target = committed.offset
-                try:
-                    rewind = json.loads(committed.metadata or "{}").get("rewind")
-                except (ValueError, AttributeError):
-                    rewind = None
-                if isinstance(rewind, int) and 0 <= rewind < committed.offset:
+            if committed is not None and committed >= 0:
+                target = committed
+                rewind = find_rewind(self._kafka_kwargs, tp, committed)
+                if rewind is not None and rewind < committed:
                     target = rewind
-                    self._replay_until[p] = committed.offset
+                    self._replay_until[p] = committed
                     self.stats.rewinds += 1
-                    log.info("partition=%d: replaying offsets %d..%d to resume decoders", p, rewind, committed.offset)
+                    log.info("partition=%d: replaying offsets %d..%d to resume decoders", p, rewind, committed)
             if target is not None:
                 self.consumer.seek(tp, target)
         self._pending_assign.clear()
@@ -385,6 +392,18 @@ class Worker:
             log.info("backpressure: drained; resumed partitions=%s", sorted(t.partition for t in self._paused))
             self._paused.clear()
 
+    def _observe(self) -> None:
+        """Gauges refreshed once per step; lag every ``ops.lag_interval_s`` (no broker round trip)."""
+        m = self.metrics
+        m.queued(self.pipeline.queued)
+        m.open_streams(len(self.pipeline.streams))
+        m.paused(len(self._paused))
+        now = time.monotonic()
+        if now >= self._next_lag:
+            self._next_lag = now + self.settings.ops.lag_interval_s
+            for partition, lag in partition_lag(self.consumer, self.consumer.assignment()).items():
+                m.lag(partition, lag)
+
     @property
     def paused(self) -> set[int]:
         return {tp.partition for tp in self._paused}
@@ -393,6 +412,7 @@ class Worker:
     def step(self, poll_timeout_ms: int = 100) -> int:
         """One poll-process-publish-commit round; returns records handled."""
         self.last_tick = time.monotonic()
+        self.health.tick()
         timeout = poll_timeout_ms if self.pipeline.queued == 0 else int(self.pipeline.max_wait_s * 500)
         batches = self.consumer.poll(timeout_ms=timeout, max_records=self.settings.kafka.max_poll_records)
         if self._pending_assign:
@@ -407,6 +427,7 @@ class Worker:
         self.pipeline.pump(force=n == 0)
         self._backpressure()
         self.commit()
+        self._observe()
         return n
 
     def run(self, *, max_seconds: float | None = None, until: Callable[[Worker], bool] | None = None) -> WorkerStats:
@@ -418,12 +439,14 @@ class Worker:
             self.settings.group_id,
             self.settings.topics.input,
         )
+        self.health.set_running()
         while not self._stop.is_set():
             self.step()
             if max_seconds is not None and time.monotonic() - t0 >= max_seconds:
                 break
             if until is not None and until(self):
                 break
+        self.health.set_draining()
         self.pipeline.pump(force=True)
         self.commit(force=True)
         return self.stats
@@ -431,10 +454,13 @@ class Worker:
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current step (safe from signal handlers and other threads)."""
         self._stop.set()
+        self.health.set_draining()
 
     def close(self) -> None:
         """Leave the group (the revoke listener drains and commits) and close the clients."""
+        self.health.set_draining()
         try:
             self.consumer.close()
         finally:
             self.producer.close(timeout=10)
+            self.health.set_stopped()

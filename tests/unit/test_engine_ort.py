@@ -99,7 +99,7 @@ def test_engine_errors(exported: tuple[Path, ExpNet, PreprocessContract], tmp_pa
     engine.close()
     with pytest.raises(EngineError, match="closed"):
         engine.infer(_batch(contract, 1))
-    with pytest.raises(EngineError, match="issue 4"):
+    with pytest.raises(EngineError, match="needs plan_dir"):
         create_engine("tensorrt", path)
     with pytest.raises(EngineError, match="unknown engine"):
         create_engine("openvino", path)
