@@ -82,11 +82,17 @@ def rss_mb(pid: int) -> float:
 class Collector:
     """Reads a topic from the beginning in a thread; keeps (partition, offset, event) in arrival order."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted") -> None:
         self.items: list[tuple[int, int, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            isolation_level=isolation_level,
+        )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 

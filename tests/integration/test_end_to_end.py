@@ -189,3 +189,80 @@ def test_embedded_broker_listens_on_loopback_only() -> None:
             if state == "0A" and local.endswith(":" + port_hex):
                 listening.append(local.split(":")[0])
         assert listening == ["0100007F"], listening
+
+
+def test_exactly_once_commits_offsets_inside_transactions(
+    broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
+) -> None:
+    """delivery=exactly_once: events and input offsets are committed in Kafka transactions (Tansu runs the commit
+    path; what it cannot do, filtering aborted transactions, is covered by the apache_kafka test below)."""
+    video, has_face = face_video
+    settings = _settings(broker, topic_prefix, small_onnx, delivery="exactly_once")
+    ensure_topics(settings.kafka, settings.topics)
+    msgs = [("cam-x", encode(m)) for m in iter_stream_messages(str(video), "cam-x")]
+    _produce(broker.bootstrap, settings.topics.input, msgs)
+    worker = _run_worker(settings, n_summaries=1)
+    assert worker.stats.commits >= 1
+    consumer = KafkaConsumer(
+        settings.topics.expressions,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    try:
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(isinstance(e, StreamSummary) for e in got):
+            for records in consumer.poll(timeout_ms=300).values():
+                got.extend(decode(r.value) for r in records)
+        committed = sum(
+            KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id).committed(
+                TopicPartition(settings.topics.input, p)
+            )
+            or 0
+            for p in range(settings.topics.input_partitions)
+        )
+    finally:
+        consumer.close()
+    assert [e.frame_seq for e in got if isinstance(e, FrameEvent)] == list(range(len(has_face)))
+    assert committed == len(msgs)
+
+
+@pytest.mark.apache_kafka
+def test_exactly_once_hides_aborted_work_from_read_committed_subscribers(
+    topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]], tmp_path: Path
+) -> None:
+    """kill -9 a worker mid-transaction: a read_committed subscriber sees every frame exactly once.
+
+    Needs a real Apache Kafka (deploy/compose.yaml): Tansu does not filter aborted transactions.
+    """
+    import os
+    import signal
+
+    from tests.integration.fleet_util import Collector, start_worker, stop, worker_config
+
+    bootstrap = os.environ.get("EXPNET_TEST_BOOTSTRAP")
+    if not bootstrap:
+        pytest.skip("set EXPNET_TEST_BOOTSTRAP to a real Apache Kafka (Tansu cannot filter aborted transactions)")
+    video, has_face = face_video
+    cfgs = [
+        worker_config(tmp_path, f"eos-{i}", bootstrap, topic_prefix, small_onnx, delivery="exactly_once")
+        for i in range(2)
+    ]
+    settings = load_settings(cfgs[0])
+    ensure_topics(settings.kafka, settings.topics)
+    _produce(bootstrap, settings.topics.input, [("eos", encode(m)) for m in iter_stream_messages(str(video), "eos")])
+    a = start_worker(cfgs[0], tmp_path / "a.log")
+    time.sleep(8)
+    a.send_signal(signal.SIGKILL)
+    a.wait(timeout=10)
+    b = start_worker(cfgs[1], tmp_path / "b.log")
+    collector = Collector(bootstrap, settings.topics.expressions, isolation_level="read_committed")
+    try:
+        assert collector.wait(lambda ev: any(isinstance(e, StreamSummary) for e in ev), 120)
+    finally:
+        stop(b)
+        collector.close()
+    ids = [e.event_id for e in collector.events() if isinstance(e, FrameEvent)]
+    assert len(ids) == len(set(ids)) == len(has_face)
