@@ -109,7 +109,7 @@ def _run_worker(args: argparse.Namespace, settings: Any, worker: Any) -> int:
     deadline = settings.shutdown_deadline_s
 
     def _stop(signum: int, _frame: object) -> None:
-        if worker._stop.is_set():
+        if worker.stopping:
             return
         log.info("signal %d: stop polling, drain, publish, commit, leave the group (deadline %.0f s)", signum, deadline)
         worker.stop()

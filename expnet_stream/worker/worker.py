@@ -456,6 +456,10 @@ class Worker:
         self._stop.set()
         self.health.set_draining()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def close(self) -> None:
         """Leave the group (the revoke listener drains and commits) and close the clients."""
         self.health.set_draining()

@@ -216,13 +216,14 @@ def test_exactly_once_commits_offsets_inside_transactions(
         while time.monotonic() < deadline and not any(isinstance(e, StreamSummary) for e in got):
             for records in consumer.poll(timeout_ms=300).values():
                 got.extend(decode(r.value) for r in records)
-        committed = sum(
-            KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id).committed(
-                TopicPartition(settings.topics.input, p)
+        group = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=settings.group_id)
+        try:
+            committed = sum(
+                group.committed(TopicPartition(settings.topics.input, p)) or 0
+                for p in range(settings.topics.input_partitions)
             )
-            or 0
-            for p in range(settings.topics.input_partitions)
-        )
+        finally:
+            group.close()
     finally:
         consumer.close()
     assert [e.frame_seq for e in got if isinstance(e, FrameEvent)] == list(range(len(has_face)))
