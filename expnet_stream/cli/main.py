@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ExpNetError
 from .logs import setup_logging
+from .timeline_cmd import register as register_timeline
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
     from ..config.settings import load_settings
+    from ..events.aggregate_schema import EmotionAggregate
     from ..events.codec import encode, to_jsonable
     from ..events.schema import FrameEvent, StreamSummary
     from ..worker.local import run_local
@@ -192,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer if args.out in (None, "-") else open(args.out, "wb")  # noqa: SIM115
     binary = args.out is not None and str(args.out).endswith(".msgpack")
 
-    def on_event(ev: FrameEvent | StreamSummary) -> None:
+    def on_event(ev: FrameEvent | StreamSummary | EmotionAggregate) -> None:
         out.write(encode(ev) if binary else (json.dumps(to_jsonable(ev)) + "\n").encode())
 
     try:
@@ -338,8 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config_show)
 
     from .engine_cmd import register as register_engine_commands
+    from .mesh_cmd import register as register_mesh_command
+    from .model_cmd import register as register_model_commands
 
     register_engine_commands(sub)
+    register_model_commands(sub)
+    register_mesh_command(sub)
+    register_timeline(sub)
     return p
 
 

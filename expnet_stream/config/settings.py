@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ..aggregate.settings import TemporalSettings
 from ..errors import ConfigError
 from ..ops.settings import OpsSettings
 
@@ -108,6 +109,7 @@ class WorkerSettings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
     sampling: SamplingSettings = SamplingSettings()
+    temporal: TemporalSettings = TemporalSettings()
     ops: OpsSettings = OpsSettings()
     commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgpack
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SchemaError
-from .schema import EVENT_TYPES, SUPPORTED_VERSIONS, AnyEvent
+from .schema import COEFF_DTYPE, EVENT_TYPES, SUPPORTED_VERSIONS, AnyEvent
 
 E = TypeVar("E", bound=BaseModel)
 
@@ -111,10 +112,19 @@ def to_jsonable(event: BaseModel) -> dict[str, Any]:
         return obj
 
     data = event.model_dump(mode="python")
+    for key in ("coeff_mean", "coeff_std"):  # EmotionAggregate: coefficient vectors as float lists too
+        if isinstance(data.get(key), bytes):
+            data[key] = [round(float(x), 6) for x in np.frombuffer(data[key], dtype=COEFF_DTYPE)]
     faces = getattr(event, "faces", None)
     if isinstance(faces, list):
         data["faces"] = [
-            {**conv(f), "coeffs": [round(float(x), 6) for x in face.coefficients]}
+            {
+                **conv(f),
+                "coeffs": [round(float(x), 6) for x in face.coefficients],
+                "coeffs_smoothed": None
+                if face.smoothed_coefficients is None
+                else [round(float(x), 6) for x in face.smoothed_coefficients],
+            }
             for f, face in zip(data["faces"], faces, strict=True)
             if isinstance(face, Face)
         ]

@@ -84,13 +84,16 @@ class Face(BaseModel):
     box: tuple[float, float, float, float] = Field(description="face box x1, y1, x2, y2 in frame pixels")
     score: float = Field(ge=0.0, le=1.0, description="detector confidence")
     coeffs: bytes = Field(description="29 expression coefficients, packed little-endian float32 (116 bytes)")
+    coeffs_smoothed: bytes | None = Field(
+        None, description="the coefficients smoothed over the face's track (same packing); None when not smoothed"
+    )
     emotions: dict[str, float] | None = Field(None, description="emotion probabilities, when an emotion head is loaded")
     quality: list[str] = Field(default_factory=list, description="quality flags, e.g. 'small_face', 'clipped'")
 
-    @field_validator("coeffs")
+    @field_validator("coeffs", "coeffs_smoothed")
     @classmethod
-    def _coeff_size(cls, value: bytes) -> bytes:
-        if len(value) != NUM_COEFFS * 4:
+    def _coeff_size(cls, value: bytes | None) -> bytes | None:
+        if value is not None and len(value) != NUM_COEFFS * 4:
             raise ValueError(f"coeffs must be {NUM_COEFFS} float32 ({NUM_COEFFS * 4} bytes), got {len(value)} bytes")
         return value
 
@@ -98,6 +101,13 @@ class Face(BaseModel):
     def coefficients(self) -> npt.NDArray[np.float32]:
         """The 29 coefficients as a float32 array."""
         return np.frombuffer(self.coeffs, dtype=COEFF_DTYPE).astype(np.float32)
+
+    @property
+    def smoothed_coefficients(self) -> npt.NDArray[np.float32] | None:
+        """The smoothed coefficients as a float32 array, or None."""
+        if self.coeffs_smoothed is None:
+            return None
+        return np.frombuffer(self.coeffs_smoothed, dtype=COEFF_DTYPE).astype(np.float32)
 
 
 class FrameEvent(_Event):
@@ -182,3 +192,9 @@ def pack_coeffs(values: npt.ArrayLike) -> bytes:
     if arr.shape != (NUM_COEFFS,):
         raise ValueError(f"expected {NUM_COEFFS} coefficients, got shape {arr.shape}")
     return arr.tobytes()
+
+
+# Registered here, after EVENT_TYPES exists: aggregate_schema imports _Event from this module.
+from .aggregate_schema import EmotionAggregate  # noqa: E402
+
+EVENT_TYPES["emotion_aggregate"] = EmotionAggregate

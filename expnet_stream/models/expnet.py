@@ -116,6 +116,8 @@ EXPNET_CONFIGS: dict[str, ExpNetConfig] = {
     "expnet_resnet18": ExpNetConfig("resnet18"),
     # CPU variant: half the input side (a quarter of the FLOPs); 114 keeps the paper's 227/224 crop proportion.
     "expnet_resnet18.s112": ExpNetConfig("resnet18", input_size=112, crop_size=114),
+    # the official release's layout: TF 'SAME' conv1 padding (2 before, 3 after)
+    "expnet_resnet101.tf_same": ExpNetConfig("resnet101", trunk_overrides={"stem_pad": "tf_same"}),
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -151,3 +153,9 @@ def expnet_resnet18(*, seed: int | None = 0) -> tuple[ExpNet, PreprocessContract
 def expnet_resnet18_s112(*, seed: int | None = 0) -> tuple[ExpNet, PreprocessContract]:
     """ResNet-18 trunk at 112 px input (crop 114) for CPU fleets."""
     return _create("expnet_resnet18.s112", seed)
+
+
+@register_model("expnet_resnet101.tf_same")
+def expnet_resnet101_tf_same(*, seed: int | None = 0) -> tuple[ExpNet, PreprocessContract]:
+    """ResNet-101 with TF 'SAME' conv1 padding (2/3): the layout of the official converted weights."""
+    return _create("expnet_resnet101.tf_same", seed)

@@ -122,6 +122,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ExpNet, PreprocessCon
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"checkpoint {path} has no valid contract: {exc}") from exc
     contract = PreprocessContract.from_dict(contract_data, source=str(path))
+    contract._base_dir = path.parent  # relative mean-image paths resolve next to the checkpoint
     model, _ = _entrypoint(contract.model_name)(seed=None)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines.base import Engine
 from ..errors import DecodeError
+from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import FrameEvent, StreamSummary
 from ..faces.detector import FaceDetector
 from ..video.ingest import iter_stream_messages
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LocalRunResult:
     frame_events: int = 0
+    aggregates: int = 0
     summaries: list[StreamSummary] = field(default_factory=list)
     decode_errors: int = 0
     seconds: float = 0.0
@@ -34,16 +37,18 @@ def run_local(
     settings: WorkerSettings,
     detector: FaceDetector,
     engine: Engine,
-    on_event: Callable[[FrameEvent | StreamSummary], None],
+    on_event: Callable[[FrameEvent | StreamSummary | EmotionAggregate], None],
     *,
     max_packets: int | None = None,
 ) -> LocalRunResult:
     """Process ``(source, stream_id)`` pairs one after the other; every event goes to ``on_event``."""
     result = LocalRunResult()
 
-    def emit(event: FrameEvent | StreamSummary, _sources: list[Source]) -> None:
+    def emit(event: FrameEvent | StreamSummary | EmotionAggregate, _sources: list[Source]) -> None:
         if isinstance(event, FrameEvent):
             result.frame_events += 1
+        elif isinstance(event, EmotionAggregate):
+            result.aggregates += 1
         else:
             result.summaries.append(event)
         on_event(event)
@@ -57,6 +62,7 @@ def run_local(
         max_wait_ms=math.inf,
         sample_fps=settings.sampling.fps,
         stages=result.stages,  # offline: batch by size only
+        temporal=StreamTemporal(settings.temporal, engine.model_id) if settings.temporal.enabled else None,
     )
     t0 = time.perf_counter()
     offset = 0

@@ -25,8 +25,10 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ..aggregate.temporal import StreamTemporal
 from ..engines.base import Engine
 from ..errors import DecodeError
+from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import (
     NUM_COEFFS,
     Face,
@@ -115,7 +117,7 @@ class _Work:
         return 0.0 if self.pts is None else float(self.pts) * self.time_base[0] / self.time_base[1]
 
 
-Emit = Callable[[FrameEvent | StreamSummary, list[Source]], None]
+Emit = Callable[[FrameEvent | StreamSummary | EmotionAggregate, list[Source]], None]
 """Receives an output event and the input sources that are finished once it is acknowledged."""
 Done = Callable[[list[Source]], None]
 """Receives sources finished without an output event (control messages, replayed frames)."""
@@ -136,6 +138,7 @@ class Pipeline:
         sample_fps: float | None = None,
         decoder_threads: int = 1,
         stages: StageTimes | None = None,
+        temporal: StreamTemporal | None = None,
         observer: PipelineObserver | None = None,
     ) -> None:
         self.detector = detector
@@ -151,6 +154,9 @@ class Pipeline:
         self.observer = observer
         self.streams: dict[str, StreamState] = {}
         self._queue: deque[_Work] = deque()
+        # tracking, smoothing and window aggregates; keyed by stream id, owned by one StreamState at a time
+        self.temporal = temporal
+        self._temporal_owner: dict[str, StreamState] = {}
         self._queued_faces = 0
 
     # ---------------------------------------------------------------- input
@@ -328,7 +334,8 @@ class Pipeline:
                 self.done(released)
             return 0
         state.counters.frames_sampled += 1
-        faces = self._faces(work, coeffs)
+        emitted, smoothed = self._temporal_frame(work, coeffs) if self.temporal is not None else (0, None)
+        faces = self._faces(work, coeffs, smoothed)
         if faces:
             state.counters.frames_with_faces += 1
             state.counters.faces += len(faces)
@@ -351,7 +358,44 @@ class Pipeline:
             source_offset=work.source.offset,
         )
         self.emit(event, released)
-        return 1
+        return emitted + 1
+
+    def _temporal_frame(
+        self, work: _Work, coeffs: npt.NDArray[np.float32]
+    ) -> tuple[int, npt.NDArray[np.float32] | None]:
+        """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients."""
+        if self.temporal is None:  # pragma: no cover - guarded by the caller
+            return 0, None
+        state = work.stream
+        sid = state.stream_id
+        aggs: list[EmotionAggregate] = []
+        owner = self._temporal_owner.get(sid)
+        if owner is not None and owner is not state:  # the stream restarted: close the previous run's windows
+            aggs += self.temporal.on_end(sid)
+        self._temporal_owner[sid] = state
+        dets = work.dets if work.dets is not None else Detections.empty()
+        res = self.temporal.on_frame(sid, work.pts_time, dets, coeffs[: len(dets)])
+        work.dets = Detections(dets.xyxy, dets.score, res.track_ids)
+        aggs += res.aggregates
+        for agg in aggs:
+            self.emit(agg, [])
+        smoothing = self.temporal.settings.smoothing.kind != "none"
+        return len(aggs), (res.smoothed if smoothing else None)
+
+    def close_windows(self, partitions: set[int]) -> int:
+        """Close and emit the open aggregate windows of streams on ``partitions`` (``closed_by="revoke"``).
+
+        Call on revoke after ``pump(force=True)`` and before the producer flush that precedes the commit.
+        """
+        if self.temporal is None:
+            return 0
+        sids = [sid for sid, st in self._temporal_owner.items() if st.partition in partitions]
+        for sid in sids:
+            del self._temporal_owner[sid]
+        aggs = self.temporal.on_revoke(sids)
+        for agg in aggs:
+            self.emit(agg, [])
+        return len(aggs)
 
     def _finish_stream(self, work: _Work) -> int:
         """Everything of this stream before its end marker is out: emit its summary."""
@@ -363,6 +407,10 @@ class Pipeline:
         state.outstanding.clear()
         if self.streams.get(state.stream_id) is state:
             del self.streams[state.stream_id]
+        if self.temporal is not None:
+            self._temporal_owner.pop(state.stream_id, None)
+            for agg in self.temporal.on_end(state.stream_id):
+                self.emit(agg, [])
         if work.replay:  # the previous owner published this summary already
             self.done(sources)
             return 0
@@ -393,7 +441,9 @@ class Pipeline:
         state.outstanding = keep
         return [s for _, s in out]
 
-    def _faces(self, work: _Work, coeffs: npt.NDArray[np.float32]) -> list[Face]:
+    def _faces(
+        self, work: _Work, coeffs: npt.NDArray[np.float32], smoothed: npt.NDArray[np.float32] | None = None
+    ) -> list[Face]:
         dets = work.dets
         if dets is None or len(dets) == 0:
             return []
@@ -417,6 +467,7 @@ class Pipeline:
                     box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                     score=float(np.clip(dets.score[i], 0.0, 1.0)),
                     coeffs=pack_coeffs(coeffs[i]),
+                    coeffs_smoothed=None if smoothed is None or dets.track_id[i] < 0 else pack_coeffs(smoothed[i]),
                     quality=quality,
                     emotions=None,
                 )

@@ -27,9 +27,11 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines.base import Engine
 from ..errors import BrokerError, DecodeError, SchemaError
+from ..events.aggregate_schema import EmotionAggregate
 from ..events.codec import decode, encode
 from ..events.schema import DeadLetter, FrameEvent, StreamEnd, StreamStart, StreamSummary, VideoPacket
 from ..faces.detector import FaceDetector
@@ -49,6 +51,7 @@ class WorkerStats:
     events_published: int = 0
     frame_events: int = 0
     summaries: int = 0
+    aggregates: int = 0
     dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     commits: int = 0
     rewinds: int = 0
@@ -65,7 +68,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         w = self.worker
         try:
-            offsets = w._drain_for_revoke()
+            offsets = w._drain_for_revoke(revoked)
             if offsets:
                 await w._commit_offsets_async(offsets)
         except (KafkaError, BrokerError) as exc:
@@ -82,6 +85,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         self.worker.health.set_broker_reachable(True)  # joining the group took a coordinator round trip
 
     async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        self.worker.pipeline.close_windows({tp.partition for tp in lost})  # published, not committed
         log.warning(
             "lost partitions=%s (evicted): dropping their state without commit", sorted(t.partition for t in lost)
         )
@@ -132,6 +136,7 @@ class Worker:
             max_wait_ms=settings.batch.max_wait_ms,
             sample_fps=settings.sampling.fps,
             stages=self.stages,
+            temporal=StreamTemporal(settings.temporal, engine.model_id) if settings.temporal.enabled else None,
             observer=self.metrics,
         )
         kafka = settings.kafka
@@ -179,7 +184,14 @@ class Worker:
             self._in_txn = True
         self._futures.append(self.producer.send(topic, key=key, value=value))
 
-    def _emit(self, event: FrameEvent | StreamSummary, sources: list[Source]) -> None:
+    def _emit(self, event: FrameEvent | StreamSummary | EmotionAggregate, sources: list[Source]) -> None:
+        if isinstance(event, EmotionAggregate):
+            with self.stages.time("publish"):
+                self._send(self.settings.topics.emotions, event.stream_id.encode(), encode(event))
+            self.stats.events_published += 1
+            self.stats.aggregates += 1
+            self._acked_pending.extend(sources)
+            return
         with self.stages.time("publish"):
             self._send(self.settings.topics.expressions, event.stream_id.encode(), encode(event))
         self.stats.events_published += 1
@@ -329,9 +341,14 @@ class Worker:
         self.stats.commits += 1
         self.metrics.commit()
 
-    def _drain_for_revoke(self) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _drain_for_revoke(self, revoked: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        # Decoders are not flushed: a frame they hold (B-frame reordering) may precede, in presentation order,
+        # frames of packets not consumed yet; emitting it now would break per-stream order. Its packet stays
+        # uncommitted and the next owner publishes it (and what follows it in the partition) again.
         log.info("partitions revoked: draining queued frames, publishing, committing")
+        parts = {tp.partition for tp in revoked}
         self.pipeline.pump(force=True)
+        self.pipeline.close_windows(parts)
         return self._acknowledged_offsets()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
