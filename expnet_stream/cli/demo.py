@@ -19,6 +19,7 @@ from rich.table import Table
 from ..client import Subscriber
 from ..config.settings import load_settings
 from ..errors import ConfigError
+from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import FrameEvent, StreamSummary
 from ..kafka.broker import EmbeddedBroker
 from ..kafka.topics import ensure_topics
@@ -99,6 +100,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             ingest_errors.append(f"{sid}: {exc}")
 
     sub = Subscriber(settings.kafka.bootstrap, settings.topics.expressions, dedupe=True)
+    agg_sub = Subscriber(settings.kafka.bootstrap, settings.topics.emotions, dedupe=True)
+    aggregates: list[EmotionAggregate] = []
     worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     t_start = time.time()
     worker_thread.start()
@@ -127,6 +130,15 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         tb.add_row("events received", str(frames))
         tb.add_row("frames with faces", str(frames_with_faces))
         tb.add_row("faces", str(faces))
+        tb.add_row("emotion aggregates", str(len(aggregates)))
+        if aggregates:
+            last = aggregates[-1]
+            who = "stream" if last.track_id < 0 else f"track {last.track_id}"
+            tb.add_row(
+                "last window",
+                f"{last.stream_id} {who} [{last.window_start:.1f}, {last.window_end:.1f}) s: {last.faces} faces, "
+                f"dominant {last.dominant_emotion or 'n/a (no emotion head)'}, stability {last.stability}",
+            )
         el = max(1e-6, time.time() - t_start)
         tb.add_row("throughput", f"{frames / el:.1f} frames/s")
         if latencies:
@@ -142,7 +154,10 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
                 and not ingested
             ):
                 break
-            for item in sub.poll(0.25):
+            for received in agg_sub.poll(0.05):
+                if isinstance(received.event, EmotionAggregate):
+                    aggregates.append(received.event)
+            for item in sub.poll(0.2):
                 ev = item.event
                 if isinstance(ev, FrameEvent):
                     frames += 1
@@ -162,6 +177,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         ops_server.stop()
     producer.close()
     sub.close()
+    agg_sub.close()
     elapsed = max(1e-6, last_rx - t_start)
     summary = {
         "model_id": engine.model_id,
@@ -180,6 +196,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         "faces": faces,
         "events_published": worker.stats.frame_events,
         "events_received": frames,
+        "aggregates_received": len(aggregates),
         "dead_letters": dict(worker.stats.dead_letters),
         "ingest_errors": ingest_errors,
         "seconds": round(elapsed, 3),
@@ -232,6 +249,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         "faces",
         "events_published",
         "events_received",
+        "aggregates_received",
         "throughput_frames_per_s",
     ):
         tb.add_row(key, str(s[key]))

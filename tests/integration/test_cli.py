@@ -85,6 +85,7 @@ def test_demo_json_summary_on_a_face_video(
     assert summary["faces"] >= 0.9 * 2 * sum(has_face)
     assert summary["model_trained"] is False and "UNTRAINED" in summary["warning"]
     assert summary["latency_s"]["p50"] is not None and summary["throughput_frames_per_s"] > 0
+    assert summary["aggregates_received"] > 0
     assert set(summary["stages"]) == {"decode", "detect", "crop", "infer", "publish"}
 
 
