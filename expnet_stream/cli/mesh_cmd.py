@@ -116,7 +116,7 @@ def _default_onnx() -> Path:
     try:
         from ..models.weights import default_model_path
 
-        return default_model_path()
+        return Path(default_model_path())
     except (ImportError, ModelError) as exc:
         log.info("no shipped trained model (%s); using the worker's default model", exc)
     from ..config.settings import ModelSettings
