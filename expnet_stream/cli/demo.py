@@ -170,6 +170,10 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
                 elif isinstance(ev, StreamSummary):
                     summaries[ev.stream_id] = ev
             live.update(table())
+    # aggregates closed at end of stream are published just before the summaries, on another topic
+    for received in agg_sub.iter(timeout_s=10, idle_s=1.5):
+        if isinstance(received.event, EmotionAggregate):
+            aggregates.append(received.event)
     worker.stop()
     worker_thread.join(timeout=30)
     worker.close()
