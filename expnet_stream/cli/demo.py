@@ -26,7 +26,7 @@ from ..kafka.topics import ensure_topics
 from ..ops.health import HealthServer
 from ..video.ingest import ingest
 from ..video.sample import sample_video
-from ..worker.runtime import build_detector, build_engine
+from ..worker.runtime import build_detector, build_emotion_head, build_engine
 from ..worker.worker import Worker
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             f"[bold red]WARNING: model {engine.model_id} has UNTRAINED (random) weights; the coefficients are "
             "NOT expressions. Every event says so (model_trained=false).[/]"
         )
-    worker = Worker(settings, detector, engine)
+    worker = Worker(settings, detector, engine, emotion_head=build_emotion_head(settings, engine))
     ops_server = _serve_ops(console, settings, worker)
     streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]
     ingested: dict[str, int] = {}

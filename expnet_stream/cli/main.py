@@ -82,8 +82,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..config.settings import load_settings
     from ..kafka.topics import ensure_topics
     from ..ops import WorkerHealth, WorkerMetrics, serve_ops
-    from ..worker.runtime import build_detector, build_engine
-    from ..worker.worker import Worker
 
     settings = load_settings(args.config, _kafka_overrides(args))
     if settings.ops.log_json and not args.log_json:
@@ -99,11 +97,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _run_worker(
             args,
             settings,
-            Worker(settings, build_detector(settings), build_engine(settings), metrics=metrics, health=health),
+            _make_worker(settings, metrics, health),
         )
     finally:
         if server is not None:
             server.stop()
+
+
+def _make_worker(settings: Any, metrics: Any, health: Any) -> Any:
+    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+    from ..worker.worker import Worker
+
+    engine = build_engine(settings)
+    head = build_emotion_head(settings, engine)
+    return Worker(settings, build_detector(settings), engine, metrics=metrics, health=health, emotion_head=head)
 
 
 def _run_worker(args: argparse.Namespace, settings: Any, worker: Any) -> int:
@@ -183,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..events.codec import encode, to_jsonable
     from ..events.schema import FrameEvent, StreamSummary
     from ..worker.local import run_local
-    from ..worker.runtime import build_detector, build_engine
+    from ..worker.runtime import build_detector, build_emotion_head, build_engine
 
     overrides: dict[str, Any] = {}
     if args.sample_fps:
@@ -198,7 +205,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.write(encode(ev) if binary else (json.dumps(to_jsonable(ev)) + "\n").encode())
 
     try:
-        res = run_local([(v, Path(v).stem) for v in args.videos], settings, detector, engine, on_event)
+        res = run_local(
+            [(v, Path(v).stem) for v in args.videos],
+            settings,
+            detector,
+            engine,
+            on_event,
+            emotion_head=build_emotion_head(settings, engine),
+        )
     finally:
         if out is not sys.stdout.buffer:
             out.close()
@@ -342,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine_cmd import register as register_engine_commands
     from .mesh_cmd import register as register_mesh_command
     from .model_cmd import register as register_model_commands
+    from .train_cmd import register as register_train_commands
 
     register_engine_commands(sub)
+    register_train_commands(sub)
     register_model_commands(sub)
     register_mesh_command(sub)
     register_timeline(sub)

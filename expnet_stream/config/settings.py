@@ -67,7 +67,15 @@ class DetectorSettings(_Section):
 
 class ModelSettings(_Section):
     onnx: Path | None = Field(None, description="ONNX file with its .contract.json; None exports `name` into cache_dir")
-    name: str = Field("expnet_resnet18", description="registered model to export when `onnx` is not set")
+    name: str = Field(
+        "default",
+        description="'default' = the trained model shipped in the package; a registered name (e.g. expnet_resnet101) "
+        "exports that architecture with UNTRAINED weights when `onnx` is not set",
+    )
+    emotion_head: str | None = Field(
+        "default",
+        description="'default' = the shipped emotion head (when its basis matches the model), a path, or null",
+    )
     cache_dir: Path = Field(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expnet-stream")
     engine: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     threads: int | None = Field(None, ge=1, description="engine intra-op threads; None = all cores")

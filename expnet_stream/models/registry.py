@@ -53,6 +53,7 @@ def register_model(name: str) -> Callable[[_F], _F]:
 
 def _load_builtins() -> None:
     from . import expnet as _expnet  # noqa: F401  (registers the built-in variants)
+    from . import light as _light  # noqa: F401  (the shipped light variant)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines.base import Engine
 from ..errors import DecodeError
@@ -16,7 +15,8 @@ from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import FrameEvent, StreamSummary
 from ..faces.detector import FaceDetector
 from ..video.ingest import iter_stream_messages
-from .pipeline import Pipeline, Source
+from .pipeline import EmotionClassifier, Pipeline, Source
+from .runtime import make_temporal
 from .stages import StageTimes
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def run_local(
     on_event: Callable[[FrameEvent | StreamSummary | EmotionAggregate], None],
     *,
     max_packets: int | None = None,
+    emotion_head: EmotionClassifier | None = None,
 ) -> LocalRunResult:
     """Process ``(source, stream_id)`` pairs one after the other; every event goes to ``on_event``."""
     result = LocalRunResult()
@@ -62,7 +63,8 @@ def run_local(
         max_wait_ms=math.inf,
         sample_fps=settings.sampling.fps,
         stages=result.stages,  # offline: batch by size only
-        temporal=StreamTemporal(settings.temporal, engine.model_id) if settings.temporal.enabled else None,
+        temporal=make_temporal(settings, engine, emotion_head),
+        emotion_head=emotion_head,
     )
     t0 = time.perf_counter()
     offset = 0

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,15 @@ log = logging.getLogger(__name__)
 
 SMALL_FACE_PX = 48
 LOW_SCORE = 0.5
+
+
+class EmotionClassifier(Protocol):
+    """Emotion head: coefficients ``(N, 29)`` -> probabilities ``(N, C)`` over :attr:`classes`."""
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    def predict_proba(self, coeffs: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
 
 
 class Source(NamedTuple):
@@ -140,8 +149,10 @@ class Pipeline:
         stages: StageTimes | None = None,
         temporal: StreamTemporal | None = None,
         observer: PipelineObserver | None = None,
+        emotion_head: EmotionClassifier | None = None,
     ) -> None:
         self.detector = detector
+        self.emotion_head = emotion_head
         self.engine = engine
         self.contract = engine.contract
         self.emit = emit
@@ -305,22 +316,27 @@ class Pipeline:
             faces += nxt.n_faces
         self._queued_faces -= faces
         coeffs = np.zeros((0, NUM_COEFFS), np.float32)
+        probs: npt.NDArray[np.float32] | None = None
         crops = [w.crops for w in take if w.crops is not None]
         if crops:
             with self.stages.time("infer"):
                 batch = self.contract.normalize(np.concatenate(crops))
                 coeffs = self.engine.infer(batch)
+                if self.emotion_head is not None:
+                    probs = self.emotion_head.predict_proba(coeffs)
             if self.observer is not None:
                 self.observer.batch(len(batch))
         emitted = 0
         row = 0
         for work in take:
             n = work.n_faces
-            emitted += self._finish(work, coeffs[row : row + n])
+            emitted += self._finish(work, coeffs[row : row + n], None if probs is None else probs[row : row + n])
             row += n
         return emitted
 
-    def _finish(self, work: _Work, coeffs: npt.NDArray[np.float32]) -> int:
+    def _finish(
+        self, work: _Work, coeffs: npt.NDArray[np.float32], probs: npt.NDArray[np.float32] | None = None
+    ) -> int:
         state = work.stream
         if work.end is not None:
             return self._finish_stream(work)
@@ -334,8 +350,8 @@ class Pipeline:
                 self.done(released)
             return 0
         state.counters.frames_sampled += 1
-        emitted, smoothed = self._temporal_frame(work, coeffs) if self.temporal is not None else (0, None)
-        faces = self._faces(work, coeffs, smoothed)
+        emitted, smoothed = self._temporal_frame(work, coeffs, probs) if self.temporal is not None else (0, None)
+        faces = self._faces(work, coeffs, smoothed, probs)
         if faces:
             state.counters.frames_with_faces += 1
             state.counters.faces += len(faces)
@@ -361,7 +377,7 @@ class Pipeline:
         return emitted + 1
 
     def _temporal_frame(
-        self, work: _Work, coeffs: npt.NDArray[np.float32]
+        self, work: _Work, coeffs: npt.NDArray[np.float32], probs: npt.NDArray[np.float32] | None = None
     ) -> tuple[int, npt.NDArray[np.float32] | None]:
         """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients."""
         if self.temporal is None:  # pragma: no cover - guarded by the caller
@@ -374,7 +390,9 @@ class Pipeline:
             aggs += self.temporal.on_end(sid)
         self._temporal_owner[sid] = state
         dets = work.dets if work.dets is not None else Detections.empty()
-        res = self.temporal.on_frame(sid, work.pts_time, dets, coeffs[: len(dets)])
+        res = self.temporal.on_frame(
+            sid, work.pts_time, dets, coeffs[: len(dets)], None if probs is None else probs[: len(dets)]
+        )
         work.dets = Detections(dets.xyxy, dets.score, res.track_ids)
         aggs += res.aggregates
         for agg in aggs:
@@ -442,7 +460,11 @@ class Pipeline:
         return [s for _, s in out]
 
     def _faces(
-        self, work: _Work, coeffs: npt.NDArray[np.float32], smoothed: npt.NDArray[np.float32] | None = None
+        self,
+        work: _Work,
+        coeffs: npt.NDArray[np.float32],
+        smoothed: npt.NDArray[np.float32] | None = None,
+        probs: npt.NDArray[np.float32] | None = None,
     ) -> list[Face]:
         dets = work.dets
         if dets is None or len(dets) == 0:
@@ -469,7 +491,9 @@ class Pipeline:
                     coeffs=pack_coeffs(coeffs[i]),
                     coeffs_smoothed=None if smoothed is None or dets.track_id[i] < 0 else pack_coeffs(smoothed[i]),
                     quality=quality,
-                    emotions=None,
+                    emotions=None
+                    if probs is None or self.emotion_head is None
+                    else {k: round(float(v), 5) for k, v in zip(self.emotion_head.classes, probs[i], strict=True)},
                 )
             )
         return faces

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from .. import plugin_registry
+from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines import create_engine
 from ..engines.base import Engine
 from ..faces.detector import FaceDetector
+from .pipeline import EmotionClassifier
+
+DEFAULT_MODEL = "default"
+"""``model.name`` / ``model.emotion_head`` value meaning the trained weights shipped in the package."""
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +31,11 @@ def build_engine(settings: WorkerSettings) -> Engine:
     m = settings.model
     if m.onnx is not None:
         onnx_path = m.onnx
-    else:  # exporting needs torch; a worker given an ONNX file does not import it
+    elif m.name == DEFAULT_MODEL:
+        from ..models.weights import default_model_path
+
+        onnx_path = default_model_path()
+    else:  # a registered architecture with untrained weights; exporting needs torch
         from ..models.export import ensure_onnx
 
         onnx_path = ensure_onnx(m.name, m.cache_dir / "models")
@@ -49,3 +59,39 @@ def build_engine(settings: WorkerSettings) -> Engine:
             engine.model_id,
         )
     return engine
+
+
+def build_emotion_head(settings: WorkerSettings, engine: Engine) -> EmotionClassifier | None:
+    """The emotion head the settings ask for, if its expression basis is the engine's (else None, with a warning)."""
+    spec = settings.model.emotion_head
+    if spec is None:
+        return None
+    from ..train.emotion_head import EmotionHead
+
+    if spec == DEFAULT_MODEL:
+        from ..models.weights import default_emotion_head_path
+
+        path = default_emotion_head_path()
+    else:
+        path = Path(spec)
+    head = EmotionHead.load(path)
+    if head.basis_id != engine.contract.basis_id:
+        log.warning(
+            "emotion head %s expects basis %s but model %s outputs %s: events carry no emotions",
+            path,
+            head.basis_id,
+            engine.model_id,
+            engine.contract.basis_id,
+        )
+        return None
+    return head
+
+
+def make_temporal(
+    settings: WorkerSettings, engine: Engine, emotion_head: EmotionClassifier | None
+) -> StreamTemporal | None:
+    """Tracking, smoothing and window aggregates per stream, when enabled."""
+    if not settings.temporal.enabled:
+        return None
+    labels = tuple(emotion_head.classes) if emotion_head is not None else None
+    return StreamTemporal(settings.temporal, engine.model_id, emotion_labels=labels)

@@ -27,7 +27,6 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines.base import Engine
 from ..errors import BrokerError, DecodeError, SchemaError
@@ -37,8 +36,9 @@ from ..events.schema import DeadLetter, FrameEvent, StreamEnd, StreamStart, Stre
 from ..faces.detector import FaceDetector
 from ..ops import WorkerHealth, WorkerMetrics, partition_lag
 from .offsets import OffsetTracker
-from .pipeline import Pipeline, Source
+from .pipeline import EmotionClassifier, Pipeline, Source
 from .resume import find_rewind
+from .runtime import make_temporal
 from .stages import StageTimes
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Worker:
         *,
         metrics: WorkerMetrics | None = None,
         health: WorkerHealth | None = None,
+        emotion_head: EmotionClassifier | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -136,8 +137,9 @@ class Worker:
             max_wait_ms=settings.batch.max_wait_ms,
             sample_fps=settings.sampling.fps,
             stages=self.stages,
-            temporal=StreamTemporal(settings.temporal, engine.model_id) if settings.temporal.enabled else None,
+            temporal=make_temporal(settings, engine, emotion_head),
             observer=self.metrics,
+            emotion_head=emotion_head,
         )
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}

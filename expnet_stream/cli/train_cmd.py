@@ -1,0 +1,184 @@
+"""``expnet-stream label | select-basis | train | evaluate | ship``: the offline training workflow.
+
+Torch, mediapipe and scikit-learn are imported inside the handlers (the ``train`` extra), never at import time.
+``--data`` defaults to ``$EXPNET_DATA`` or ``<repo>/../shared/data``; caches go to ``$EXPNET_CACHE_DIR`` or
+``~/.cache/expnet-stream`` (never into the repository).
+
+Recipe of the shipped model::
+
+    expnet-stream label                      # face caches: detect (yuface), crop, label (MediaPipe)
+    expnet-stream select-basis               # fit both bases, compare, save the winner
+    expnet-stream train --model expnet_lite18.s112 --epochs 6 --out runs/lite18
+    expnet-stream ship runs/lite18/final.pt  # fp16 ONNX + contract + checkpoint + emotion head in models/weights
+    expnet-stream evaluate --out expnet_stream/models/weights/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["register"]
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from ..train.evaluate import default_data_dir
+
+    return Path(args.data) if args.data else default_data_dir()
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from ..train.labeller import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from ..train.sources import build_face_cache, iter_labelled_folder, iter_video_folder
+
+    data, faces = _data_dir(args), _cache_dir(args) / "faces"
+    jobs: dict[str, Any] = {
+        "lfw_expressions": lambda: iter_labelled_folder(data / "train" / "lfw_expressions", limit=args.limit),
+        "videos": lambda: iter_video_folder(data / "videos" / "unlabeled", frames_per_video=args.frames_per_video),
+        "jaffe": lambda: iter_labelled_folder(data / "eval" / "jaffe", limit=args.limit),
+    }
+    for name in args.sets or list(jobs):
+        path = faces / f"{name}.npz"
+        if path.is_file() and not args.force:
+            print(f"{name}: cached at {path}")
+            continue
+        build_face_cache(jobs[name](), path, small_face_px=args.small_face_px)
+        print(f"{name}: written {path}")
+    return 0
+
+
+def cmd_select_basis(args: argparse.Namespace) -> int:
+    from ..train.select_basis import select_basis
+
+    table = select_basis(_cache_dir(args), args.out)
+    print(json.dumps({"chosen": table["chosen"], "mean_accuracy": table["mean_accuracy"]}, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..models import light as _light  # noqa: F401  (registers the light variants)
+    from ..train.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        cache_dir=str(_cache_dir(args)),
+        threads=args.threads,
+        max_train=args.max_train,
+        init_from=args.init_from,
+    )
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps(summary["history"][-1] if summary["history"] else {}, indent=2))
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from ..models.weights import WEIGHTS_DIR
+    from ..train.basis import load_basis
+    from ..train.emotion_head import fit_emotion_head
+    from ..train.ship import ship_checkpoint
+    from ..train.sources import load_face_cache
+
+    out = Path(args.out) if args.out else WEIGHTS_DIR
+    info = ship_checkpoint(args.checkpoint, out, fp16=not args.fp32, weights_tag=args.weights_tag)
+    from ..models.contract import PreprocessContract, contract_path_for
+
+    contract = PreprocessContract.from_json(contract_path_for(info["onnx"]))
+    basis = load_basis(contract.basis_id)
+    cache = load_face_cache(_cache_dir(args) / "faces" / "lfw_expressions.npz")
+    ok = cache.full_found.astype(bool)
+    head = fit_emotion_head(
+        basis.encode(cache.full_landmarks[ok], cache.full_blendshapes[ok]), cache.labels[ok], basis_id=basis.basis_id
+    )
+    head.save(out / "emotion_head.npz")
+    info["emotion_head"] = str(out / "emotion_head.npz")
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..train.evaluate import EvalConfig, evaluate
+
+    if args.model_path:
+        model_path = args.model_path
+    else:
+        from ..models.weights import default_model_path
+
+        model_path = str(default_model_path())
+    cfg = EvalConfig(
+        model_path=model_path,
+        data_dir=str(_data_dir(args)),
+        out_dir=args.out,
+        cache_dir=str(_cache_dir(args)),
+        max_fidelity_faces=args.max_fidelity_faces,
+        threads=args.threads,
+    )
+    report = evaluate(cfg)
+    print(json.dumps({k: report[k] for k in ("model_id", "speed")}, indent=2))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="shared data folder (default $EXPNET_DATA or <repo>/../shared/data)")
+    p.add_argument("--cache-dir", default=None, help="label/crop caches (default $EXPNET_CACHE_DIR or ~/.cache/...)")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``label``, ``select-basis``, ``train``, ``ship`` and ``evaluate`` to the ``expnet-stream`` command."""
+    p = subparsers.add_parser("label", help="detect, crop and label the training/eval faces (MediaPipe; cached)")
+    _common(p)
+    p.add_argument("--sets", nargs="*", choices=["lfw_expressions", "videos", "jaffe"], help="default: all")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per labelled folder")
+    p.add_argument("--frames-per-video", type=int, default=200)
+    p.add_argument("--small-face-px", type=float, default=32.0, help="face size of the low-resolution labels")
+    p.add_argument("--force", action="store_true", help="rebuild caches that exist")
+    p.set_defaults(func=cmd_label)
+
+    p = subparsers.add_parser("select-basis", help="fit the candidate expression bases, compare, save the winner")
+    _common(p)
+    p.add_argument("--out", default=None, help="write the comparison table (JSON) here")
+    p.set_defaults(func=cmd_select_basis)
+
+    p = subparsers.add_parser("train", help="train ExpNet on the labeller's basis coefficients")
+    _common(p)
+    p.add_argument("--model", default="expnet_lite18.s112", help="registered model name (e.g. expnet_resnet101)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--max-train", type=int, default=None, help="subsample the training faces (scope cut)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--init-from", default=None, help="warm start from a checkpoint's weights (new LR cycle)")
+    p.add_argument("--out", default="runs/expnet", help="checkpoints and summary.json")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("ship", help="fp16 ONNX + contract + checkpoint + emotion head into models/weights")
+    _common(p)
+    p.add_argument("checkpoint", help="a checkpoint written by train (best.pt / final.pt)")
+    p.add_argument("--out", default=None, help="default: the package's models/weights folder")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights")
+    p.add_argument("--weights-tag", default=None, help="rename the weights (model id = <model>@<tag>)")
+    p.set_defaults(func=cmd_ship)
+
+    p = subparsers.add_parser("evaluate", help="fidelity, emotion protocol and speed report (JSON + PNG)")
+    _common(p)
+    p.add_argument("--model-path", default=None, help="ONNX model with its .contract.json (default: shipped model)")
+    p.add_argument("--out", default="expnet_stream/models/weights/report")
+    p.add_argument("--max-fidelity-faces", type=int, default=800)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate)
