@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import EngineError
+from ..fileio import atomic_write_text, file_sha256
 from ..models.contract import PreprocessContract
 
 logger = logging.getLogger(__name__)
@@ -256,17 +256,10 @@ class Manifest(BaseModel):
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (temp file + rename) and return the path."""
-        path = Path(path)
-        text = self.model_dump_json(indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            return atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise EngineError(f"cannot write manifest {path}: {exc}") from exc
-        return path
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Manifest:
@@ -300,15 +293,6 @@ class Manifest(BaseModel):
                 f"(max_abs_diff {p.max_abs_diff:.3g}, tolerance {p.tolerance:.3g}) on {p.samples} crops from {p.source}"
             )
         return "\n".join(lines)
-
-
-def file_sha256(path: str | os.PathLike[str], *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (the same as :func:`expnet_stream.models.export.file_sha256`, without torch)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_command(

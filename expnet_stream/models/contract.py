@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import ModelError
+from ..fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -200,17 +200,10 @@ class PreprocessContract(BaseModel):
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the contract as JSON (atomically: temp file + rename); returns the path."""
-        path = Path(path)
-        text = self.model_dump_json(indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            return atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise ModelError(f"cannot write contract {path}: {exc}") from exc
-        return path
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PreprocessContract:

@@ -12,6 +12,7 @@ torch.Size([2, 29])
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,25 +85,35 @@ def build_expnet(cfg: ExpNetConfig, *, seed: int | None = 0) -> ExpNet:
     is initialised from ``torch.Generator().manual_seed(seed)``: same seed, bit-identical weights. ``seed=None``
     leaves the tensors uninitialised for a caller that loads a state dict right away.
     """
+    return build_seeded(lambda: ExpNet(build_resnet(cfg.trunk, **cfg.trunk_overrides), cfg.num_coeffs), seed)
+
+
+def build_seeded(make: Callable[[], ExpNet], seed: int | None) -> ExpNet:
+    """Build on the meta device, materialise on CPU, init from a private seeded generator; eval mode."""
     with torch.device("meta"):
-        model = ExpNet(build_resnet(cfg.trunk, **cfg.trunk_overrides), cfg.num_coeffs)
+        model = make()
     model = model.to_empty(device="cpu")
     if seed is not None:
         init_weights(model, torch.Generator().manual_seed(seed))
     return model.eval()
 
 
-def _create(name: str, seed: int | None) -> tuple[ExpNet, PreprocessContract]:
-    cfg = EXPNET_CONFIGS[name]
-    model = build_expnet(cfg, seed=seed)
-    contract = PreprocessContract(
+def untrained_contract(
+    name: str, input_size: int, crop_size: int, num_coeffs: int, seed: int | None
+) -> PreprocessContract:
+    """The contract of freshly initialised weights (tagged UNTRAINED)."""
+    return PreprocessContract(
         model_name=name,
-        input_size=cfg.input_size,
-        crop_size=cfg.crop_size,
-        num_coeffs=cfg.num_coeffs,
+        input_size=input_size,
+        crop_size=crop_size,
+        num_coeffs=num_coeffs,
         weights=untrained_weights_tag(seed) if seed is not None else "untrained-uninitialised",
     )
-    return model, contract
+
+
+def _create(name: str, seed: int | None) -> tuple[ExpNet, PreprocessContract]:
+    cfg = EXPNET_CONFIGS[name]
+    return build_expnet(cfg, seed=seed), untrained_contract(name, cfg.input_size, cfg.crop_size, cfg.num_coeffs, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

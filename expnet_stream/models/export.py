@@ -11,7 +11,6 @@ not a dependency.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, ExportError, ModelError
+from ..fileio import file_sha256
 from .contract import PreprocessContract, contract_path_for
 from .registry import create_model
 
@@ -31,15 +31,6 @@ __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "ensure_onnx", "export_onnx", "file_s
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
-
-
-def file_sha256(path: str | os.PathLike[str], *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _random_input(contract: PreprocessContract, batch: int, seed: int) -> torch.Tensor:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from .contract import PreprocessContract
-from .expnet import ExpNet, untrained_weights_tag
+from .expnet import ExpNet, build_seeded, untrained_contract
 from .registry import register_model
-from .resnet import BasicBlock, caffe_block_name, init_weights
+from .resnet import BasicBlock, caffe_block_name
 
 logger = logging.getLogger(__name__)
 
@@ -81,25 +81,15 @@ class LiteConfig:
 
 def build_lite(cfg: LiteConfig, *, seed: int | None = 0) -> ExpNet:
     """Build in eval mode; like :func:`~expnet_stream.models.expnet.build_expnet`, seeded init is bit-identical."""
-    with torch.device("meta"):
-        model = ExpNet(LiteResNetTrunk(cfg.widths, cfg.layers), cfg.num_coeffs)  # type: ignore[arg-type]
-    model = model.to_empty(device="cpu")
-    if seed is not None:
-        init_weights(model, torch.Generator().manual_seed(seed))
-    return model.eval()
+    return build_seeded(
+        lambda: ExpNet(LiteResNetTrunk(cfg.widths, cfg.layers), cfg.num_coeffs),  # type: ignore[arg-type]
+        seed,
+    )
 
 
 def _create(name: str, seed: int | None) -> tuple[ExpNet, PreprocessContract]:
     cfg = LITE_CONFIGS[name]
-    model = build_lite(cfg, seed=seed)
-    contract = PreprocessContract(
-        model_name=name,
-        input_size=cfg.input_size,
-        crop_size=cfg.crop_size,
-        num_coeffs=cfg.num_coeffs,
-        weights=untrained_weights_tag(seed) if seed is not None else "untrained-uninitialised",
-    )
-    return model, contract
+    return build_lite(cfg, seed=seed), untrained_contract(name, cfg.input_size, cfg.crop_size, cfg.num_coeffs, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
