@@ -36,6 +36,12 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_records: int = Field(64, ge=1, description="records per poll")
     request_timeout_ms: int = Field(30000, ge=1000)
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=0,
+        description="longest the broker holds a worker's fetch when no data is ready; bounds the input hop of the "
+        "frame-to-event latency on brokers that do not answer a waiting fetch as soon as data arrives (Tansu)",
+    )
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection keyword arguments shared by kafka-python producers, consumers and admin clients."""

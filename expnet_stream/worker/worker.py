@@ -173,6 +173,7 @@ class Worker:
                 max_partition_fetch_bytes=settings.max_packet_bytes + 1024 * 1024,
                 fetch_max_bytes=max(16 * 1024 * 1024, settings.max_packet_bytes * 2),
                 request_timeout_ms=kafka.request_timeout_ms,
+                fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             )
         except KafkaError as exc:
             self.health.set_broker_reachable(False)
