@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap")
     c.set_defaults(func=cmd_config_show)
 
+    from .bench_cmd import register as register_bench_commands
     from .engine_cmd import register as register_engine_commands
     from .mesh_cmd import register as register_mesh_command
     from .model_cmd import register as register_model_commands
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_engine_commands(sub)
     register_train_commands(sub)
+    register_bench_commands(sub)
     register_model_commands(sub)
     register_mesh_command(sub)
     register_timeline(sub)

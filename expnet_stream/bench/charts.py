@@ -1,0 +1,214 @@
+"""One small PNG chart per scenario result (matplotlib, Agg backend, < 150 KB)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .common import BenchError
+
+log = logging.getLogger(__name__)
+
+FIGSIZE = (7.5, 3.8)
+DPI = 90
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise BenchError(f"charts need matplotlib ({exc}): pip install 'matplotlib>=3.8'") from exc
+    return plt
+
+
+def _subtitle(result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    load = (m.get("load_average") or ["?"])[0]
+    end = (m.get("load_average_end") or [None])[0]
+    quick = " QUICK" if result.get("quick") else ""
+    loads = f"{load}" if end is None else f"{load}→{end}"
+    return f"{m.get('cores', '?')} cores, load {loads}, {result.get('started', '')[:16]}{quick}"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def chart_engine(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for row in result["summary"]["table"].values():
+        fps = row["faces_per_s"]
+        xs = [int(b) for b in fps]
+        ax.plot(
+            xs,
+            [fps[str(b)] for b in xs],
+            marker="o",
+            ls="--" if row["engine"] != "onnxruntime" else "-",
+            label=f"{row['engine']} {row['variant'].replace('expnet_', '')}",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("faces/s (median)")
+    ax.set_title(f"bare engine on real face crops — {_subtitle(result)}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def _stage_bars(ax: Any, shares: dict[str, float | None], label: str, y: float) -> None:
+    colors = {
+        "decode": "#4c72b0",
+        "detect": "#dd8452",
+        "crop": "#55a868",
+        "infer": "#c44e52",
+        "publish": "#8172b3",
+        "other": "#999999",
+    }
+    left = 0.0
+    for stage, color in colors.items():
+        v = shares.get(stage) or 0.0
+        ax.barh(y, v, left=left, color=color, label=stage if y == 0 else None)
+        if v > 0.06:
+            ax.text(left + v / 2, y, f"{stage}\n{v:.0%}", ha="center", va="center", fontsize=7, color="white")
+        left += v
+    ax.text(1.01, y, label, va="center", fontsize=8)
+
+
+def chart_pipeline(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    s = result["summary"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [1, 2]})
+    vals = [s["bare_engine_faces_per_s"] or 0, s["pipeline_faces_per_s"] or 0]
+    a1.bar(["bare engine", "pipeline"], vals, color=["#c44e52", "#4c72b0"])
+    eff = s.get("pipeline_efficiency")
+    a1.set_title(f"faces/s (efficiency {eff:.2f})" if eff else "faces/s", fontsize=9)
+    for i, v in enumerate(vals):
+        a1.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    _stage_bars(a2, s["stage_share_of_wall"], "", 0)
+    a2.set_xlim(0, 1)
+    a2.set_yticks([])
+    a2.set_xlabel("share of worker wall time")
+    a2.set_title(f"where the worker's time goes — {_subtitle(result)}", fontsize=9)
+    a2.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return _save(fig, path)
+
+
+def chart_decode(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    s = result["summary"]
+    names = ["worker decode stage", "StreamDecoder", "av.open + bgr24", "av.open, no convert"]
+    vals = [s["worker_decode_stage_fps"], s["stream_decoder_fps"], s["pyav_fps"], s["pyav_no_convert_fps"]]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.barh(names, [v or 0 for v in vals], color=["#4c72b0", "#55a868", "#8172b3", "#999999"])
+    for i, v in enumerate(vals):
+        ax.text(v or 0, i, f" {v or 0:.0f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    r = s.get("worker_vs_stream_decoder")
+    ax.set_xlabel("decoded frames/s (median)")
+    ax.set_title(f"decode: worker/bare = {r:.2f} — {_subtitle(result)}" if r else "decode", fontsize=9)
+    return _save(fig, path)
+
+
+def chart_latency(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    levels = result["samples"]["levels"]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    data = [lv["latencies_ms"] or [0.0] for lv in levels]
+    labels = [f"{lv['level']:.0%}\n{lv['offered_frames_per_s']:.1f} fr/s" for lv in levels]
+    ax.boxplot(data, whis=(1, 99), showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels)
+    for i, lv in enumerate(levels, start=1):
+        lat = lv["latency"]
+        if lat["p50_ms"] is not None:
+            ax.text(
+                i + 0.25,
+                lat["p50_ms"],
+                f"p50 {lat['p50_ms']:.0f}\np95 {lat['p95_ms']:.0f}\np99 {lat['p99_ms']:.0f}",
+                fontsize=7,
+                va="center",
+            )
+    ax.set_yscale("log")
+    ax.set_ylabel("frame-to-event latency, ms")
+    ax.set_xlabel("offered load (fraction of measured capacity)")
+    cap = result["summary"]["capacity_frames_per_s"]
+    ax.set_title(f"latency, capacity {cap:.1f} frames/s (whiskers p1–p99) — {_subtitle(result)}", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def chart_landmarks(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    ms = result["summary"]["ms_per_face"]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    names = list(ms)
+    colors = ["#c44e52" if n.startswith("expnet") else "#4c72b0" for n in names]
+    ax.barh(names, [ms[n] or 0 for n in names], color=colors)
+    for i, n in enumerate(names):
+        ax.text(ms[n] or 0, i, f" {ms[n] or 0:.1f} ms", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per face (median; detection excluded)")
+    ax.set_title(f"ExpNet vs landmark fitting, same crops — {_subtitle(result)}", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    return _save(fig, path)
+
+
+def chart_scaling(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    s, levels = result["summary"], result["samples"]["levels"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [2, 1]})
+    ks = [lv["streams"] for lv in levels]
+    a1.plot(ks, [lv.get("p95_ms", 0) for lv in levels], marker="o", label="p95 latency (ms)")
+    a1.plot(ks, [lv.get("p50_ms", 0) for lv in levels], marker=".", label="p50 latency (ms)")
+    for lv in levels:
+        if not lv["keeps_up"]:
+            a1.axvline(lv["streams"], color="red", ls=":", label="falls behind")
+    a1.set_yscale("log")
+    a1.set_xlabel(f"streams per worker ({s['sample_fps']:g} fps sampled each)")
+    a1.set_ylabel("latency, ms")
+    a1.legend(fontsize=7)
+    a1.set_title(f"keeps up to {s['streams_per_worker']} streams — {_subtitle(result)}", fontsize=8)
+    vals = [s["one_process_frames_per_s"] or 0, s["two_processes_frames_per_s"] or 0]
+    a2.bar(["1 process", "2 processes"], vals, color=["#4c72b0", "#55a868"])
+    for i, v in enumerate(vals):
+        a2.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    r = s.get("two_vs_one_process")
+    a2.set_title(f"backlog frames/s (x{r:.2f})" if r else "backlog frames/s", fontsize=9)
+    return _save(fig, path)
+
+
+def chart_ab(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    rows = result["summary"]["variants"]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    names = list(rows)
+    vals = [rows[n]["faces_per_s"] or 0 for n in names]
+    ax.barh(names, vals, color="#4c72b0")
+    for i, n in enumerate(names):
+        r = rows[n].get("vs_baseline")
+        ax.text(vals[i], i, f" {vals[i]:.1f}" + (f" (x{r:.2f})" if r else ""), va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("pipeline faces/s (median of alternating runs)")
+    ax.set_title(f"bottleneck fixes, A/B in one run — {_subtitle(result)}", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    return _save(fig, path)
+
+
+CHARTS = {
+    "engine": chart_engine,
+    "pipeline": chart_pipeline,
+    "decode": chart_decode,
+    "latency": chart_latency,
+    "landmarks": chart_landmarks,
+    "scaling": chart_scaling,
+    "bottlenecks": chart_ab,
+}
