@@ -95,6 +95,7 @@ class StreamState:
     outstanding: list[tuple[float, Source]] = field(default_factory=list)
     # pts of replayed packets: their frames were emitted by a previous owner
     replay_pts: set[int] = field(default_factory=set)
+    sampled_index: int = 0  # sampled frames seen, for detect-every-n
 
 
 @dataclass
@@ -114,6 +115,8 @@ class _Work:
     frame_seq: int = 0
     end: StreamEnd | None = None
     replay: bool = False
+    tracked: bool = False  # track ids assigned at detection time (detect-every-n)
+    predicted: bool = False  # boxes predicted by the tracker, not detected
     after: list[Source] = field(default_factory=list)  # control sources finished together with this entry
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -265,8 +268,7 @@ class Pipeline:
                 elif not sampled:
                     obs.frame_skipped(source.partition)
             if sampled and not replayed:
-                with self.stages.time("detect"):
-                    dets = self.detector.detect(frame.image)
+                dets = self._detect(state, frame, work)
                 if self.observer is not None and len(dets):
                     self.observer.faces(len(dets))
                 with self.stages.time("crop"):
@@ -274,6 +276,24 @@ class Pipeline:
                 work.dets, work.crops = dets, crops
                 self._queued_faces += len(dets)
             self._queue.append(work)
+
+    def _detect(self, state: StreamState, frame: DecodedFrame, work: _Work) -> Detections:
+        """Faces of a sampled frame. With ``temporal.tracker.detect_every_n > 1`` the detector runs on every n-th
+        sampled frame only; the frames between get the tracks' predicted boxes (quality flag ``predicted``)."""
+        t = self.temporal
+        if t is None or not t.settings.tracker.enabled or t.settings.tracker.detect_every_n <= 1:
+            with self.stages.time("detect"):
+                return self.detector.detect(frame.image)
+        index = state.sampled_index
+        state.sampled_index += 1
+        work.tracked = True
+        pts_time = float(frame.pts_time)
+        if t.detect_due(index):
+            with self.stages.time("detect"):
+                dets = self.detector.detect(frame.image)
+            return t.track(state.stream_id, pts_time, dets)
+        work.predicted = True
+        return t.predict(state.stream_id, pts_time)
 
     def _sample(self, state: StreamState, frame: DecodedFrame) -> bool:
         """Keep the first frame of each 1/fps slot of stream time (a grid, so replays sample the same frames)."""
@@ -391,7 +411,12 @@ class Pipeline:
         self._temporal_owner[sid] = state
         dets = work.dets if work.dets is not None else Detections.empty()
         res = self.temporal.on_frame(
-            sid, work.pts_time, dets, coeffs[: len(dets)], None if probs is None else probs[: len(dets)]
+            sid,
+            work.pts_time,
+            dets,
+            coeffs[: len(dets)],
+            None if probs is None else probs[: len(dets)],
+            track=not work.tracked,
         )
         work.dets = Detections(dets.xyxy, dets.score, res.track_ids)
         aggs += res.aggregates
@@ -482,6 +507,8 @@ class Pipeline:
                 quality.append("clipped")
             if dets.score[i] < LOW_SCORE:
                 quality.append("low_score")
+            if work.predicted:
+                quality.append("predicted")
             box = dets.xyxy[i]
             faces.append(
                 Face(

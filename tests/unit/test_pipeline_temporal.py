@@ -86,3 +86,23 @@ def test_close_windows_on_revoke(small_onnx: Path, video: Path) -> None:
     revoked = [e for e in events if isinstance(e, EmotionAggregate)]
     assert n == len(revoked) > 0 and {a.closed_by for a in revoked} == {"revoke"}
     assert pipe.close_windows({3}) == 0  # never twice
+
+
+def test_detect_every_n_carries_tracks_between_detections(small_onnx: Path, video: Path) -> None:
+    """tracker.detect_every_n=3: the detector runs on every third sampled frame; frames between get the track's
+    predicted box (flagged 'predicted') with the same track id, so every face frame still has its face."""
+    settings = TemporalSettings.model_validate({"tracker": {"detect_every_n": 3}})
+    pipe, events = _pipeline(small_onnx, StreamTemporal(settings, "m"))
+    for i, msg in enumerate(iter_stream_messages(str(video), "cam")):
+        pipe.handle(msg, Source(0, i))
+        pipe.pump()
+    pipe.pump(force=True)
+    frames = [e for e in events if isinstance(e, FrameEvent)]
+    assert len(frames) == 30
+    assert pipe.stages.calls["detect"] == 10  # frames 0, 3, ..., 27
+    # the face appears at frame 4; the first detection that sees it is frame 6
+    with_face = [e.frame_seq for e in frames if e.faces]
+    assert with_face == list(range(6, 30))
+    predicted = [e.frame_seq for e in frames if e.faces and "predicted" in e.faces[0].quality]
+    assert predicted == [s for s in range(6, 30) if s % 3 != 0]
+    assert {f.track_id for e in frames for f in e.faces} == {0}
