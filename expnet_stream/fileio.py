@@ -35,3 +35,12 @@ def file_sha256(path: str | os.PathLike[str], *, chunk_bytes: int = 1 << 20) -> 
         while chunk := fh.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The project's cache (exported models, the demo video, label caches): ``$EXPNET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/expnet-stream``, else ``~/.cache/expnet-stream``. Never inside the repository."""
+    env = os.environ.get("EXPNET_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "expnet-stream"

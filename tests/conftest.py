@@ -6,12 +6,14 @@ import uuid
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 import pytest
 
+from expnet_stream.config.settings import WorkerSettings, load_settings
 from expnet_stream.kafka.broker import EmbeddedBroker
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -96,3 +98,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (third-party data is never in the repository)")
     return SHARED_DATA
+
+
+def broker_settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: Any) -> WorkerSettings:
+    """Worker settings for a test on the embedded broker: topics named by ``prefix``, fast group settings, the small
+    model; ``extra`` sections are merged into the defaults (``topics={"input_partitions": 1}``)."""
+    over: dict[str, Any] = {
+        "group_id": f"{prefix}-group",
+        "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
+        "topics": {
+            "input": f"{prefix}.video",
+            "expressions": f"{prefix}.expr",
+            "emotions": f"{prefix}.emo",
+            "dlq": f"{prefix}.dlq",
+            "input_partitions": 2,
+        },
+        "model": {"onnx": str(onnx)},
+        "batch": {"max_batch": 8, "max_wait_ms": 20},
+        "commit_interval_ms": 100,
+    }
+    for key, value in extra.items():
+        over[key] = {**over[key], **value} if isinstance(value, dict) and isinstance(over.get(key), dict) else value
+    return load_settings(None, over)

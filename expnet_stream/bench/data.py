@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..events.schema import StreamEnd, StreamStart, VideoPacket
+from ..fileio import cache_dir
 from ..models.contract import PreprocessContract, contract_path_for
 from ..video.ingest import iter_stream_messages
 from .common import BenchError
@@ -29,12 +30,7 @@ QUICK_MODEL = "expnet_resnet18.s112"
 Message = StreamStart | VideoPacket | StreamEnd
 
 
-def cache_root() -> Path:
-    """``$EXPNET_CACHE_DIR`` or ``$XDG_CACHE_HOME/expnet-stream`` (``~/.cache/expnet-stream``)."""
-    env = os.environ.get("EXPNET_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expnet-stream"
+cache_root = cache_dir
 
 
 def default_video() -> Path:

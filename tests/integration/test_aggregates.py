@@ -12,7 +12,6 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from expnet_stream.aggregate import WindowAggregator
-from expnet_stream.config.settings import load_settings
 from expnet_stream.events.aggregate_schema import EmotionAggregate
 from expnet_stream.events.codec import decode, encode
 from expnet_stream.events.schema import FrameEvent, StreamSummary
@@ -21,6 +20,7 @@ from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
+from tests.conftest import broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -44,23 +44,12 @@ def test_published_aggregates_match_recomputed_from_frames(
     broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
 ) -> None:
     video, has_face = face_video
-    settings = load_settings(
-        None,
-        {
-            "group_id": f"{topic_prefix}-group",
-            "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
-            "topics": {
-                "input": f"{topic_prefix}.video",
-                "expressions": f"{topic_prefix}.expr",
-                "emotions": f"{topic_prefix}.emo",
-                "dlq": f"{topic_prefix}.dlq",
-                "input_partitions": 1,
-            },
-            "model": {"onnx": str(small_onnx)},
-            "batch": {"max_batch": 8, "max_wait_ms": 20},
-            "commit_interval_ms": 100,
-            "temporal": {"windows": WINDOWS, "allowed_lateness_s": 0.0},
-        },
+    settings = broker_settings(
+        broker,
+        topic_prefix,
+        small_onnx,
+        topics={"input_partitions": 1},
+        temporal={"windows": WINDOWS, "allowed_lateness_s": 0.0},
     )
     ensure_topics(settings.kafka, settings.topics)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", max_in_flight_requests_per_connection=1)

@@ -18,27 +18,9 @@ from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
+from tests.conftest import broker_settings
 
 pytestmark = pytest.mark.integration
-
-
-def _settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: Any) -> WorkerSettings:
-    over: dict[str, Any] = {
-        "group_id": f"{prefix}-group",
-        "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
-        "topics": {
-            "input": f"{prefix}.video",
-            "expressions": f"{prefix}.expr",
-            "emotions": f"{prefix}.emo",
-            "dlq": f"{prefix}.dlq",
-            "input_partitions": 2,
-        },
-        "model": {"onnx": str(onnx)},
-        "batch": {"max_batch": 8, "max_wait_ms": 20},
-        "commit_interval_ms": 100,
-    }
-    over.update(extra)
-    return load_settings(None, over)
 
 
 def _read_all(bootstrap: str, topic: str, expect_types: int, timeout_s: float = 60) -> list[Any]:
@@ -81,7 +63,7 @@ def test_two_interleaved_streams_one_event_per_frame_in_order(
 ) -> None:
     """Two streams of the same H.264 face video, packets interleaved, through a bounded worker."""
     video, has_face = face_video
-    settings = _settings(broker, topic_prefix, small_onnx)
+    settings = broker_settings(broker, topic_prefix, small_onnx)
     ensure_topics(settings.kafka, settings.topics)
     a = [("cam-a", encode(m)) for m in iter_stream_messages(str(video), "cam-a")]
     b = [("cam-b", encode(m)) for m in iter_stream_messages(str(video), "cam-b")]
@@ -130,7 +112,7 @@ def test_sampling_fps_and_dead_letters_while_good_stream_flows(
 ) -> None:
     """Frames sampled at 5 fps of a 25 fps video; malformed records go to the DLQ with a reason."""
     video, _has_face = face_video
-    settings = _settings(broker, topic_prefix, small_onnx, sampling={"fps": 5.0})
+    settings = broker_settings(broker, topic_prefix, small_onnx, sampling={"fps": 5.0})
     ensure_topics(settings.kafka, settings.topics)
     good = [("cam-c", encode(m)) for m in iter_stream_messages(str(video), "cam-c")]
     bad = [
@@ -161,7 +143,7 @@ def test_worker_joins_mid_stream_waits_for_keyframe(
     """Packets before the first keyframe are counted as skipped and dead-lettered (nothing dropped silently);
     decoding starts at the keyframe and frame_seq resyncs to the keyframe's packet seq."""
     video, _has_face = face_video
-    settings = _settings(broker, topic_prefix, small_onnx)
+    settings = broker_settings(broker, topic_prefix, small_onnx)
     ensure_topics(settings.kafka, settings.topics)
     msgs = list(iter_stream_messages(str(video), "cam-d"))
     packets = msgs[1:-1]
@@ -197,7 +179,7 @@ def test_exactly_once_commits_offsets_inside_transactions(
     """delivery=exactly_once: events and input offsets are committed in Kafka transactions (Tansu runs the commit
     path; what it cannot do, filtering aborted transactions, is covered by the apache_kafka test below)."""
     video, has_face = face_video
-    settings = _settings(broker, topic_prefix, small_onnx, delivery="exactly_once")
+    settings = broker_settings(broker, topic_prefix, small_onnx, delivery="exactly_once")
     ensure_topics(settings.kafka, settings.topics)
     msgs = [("cam-x", encode(m)) for m in iter_stream_messages(str(video), "cam-x")]
     _produce(broker.bootstrap, settings.topics.input, msgs)

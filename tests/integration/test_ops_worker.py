@@ -15,7 +15,6 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from expnet_stream.config.settings import load_settings
 from expnet_stream.events.codec import encode
 from expnet_stream.kafka.broker import EmbeddedBroker
 from expnet_stream.kafka.topics import ensure_topics
@@ -23,6 +22,7 @@ from expnet_stream.ops import HealthServer, WorkerHealth, WorkerMetrics
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
+from tests.conftest import broker_settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,23 +54,7 @@ def test_worker_metrics_move_and_readiness_follows_assignment(
     broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, face_video: tuple[Path, list[bool]]
 ) -> None:
     video, has_face = face_video
-    settings = load_settings(
-        None,
-        {
-            "group_id": f"{topic_prefix}-group",
-            "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
-            "topics": {
-                "input": f"{topic_prefix}.video",
-                "expressions": f"{topic_prefix}.expr",
-                "emotions": f"{topic_prefix}.emo",
-                "dlq": f"{topic_prefix}.dlq",
-                "input_partitions": 2,
-            },
-            "model": {"onnx": str(small_onnx)},
-            "batch": {"max_batch": 8, "max_wait_ms": 20},
-            "commit_interval_ms": 100,
-        },
-    )
+    settings = broker_settings(broker, topic_prefix, small_onnx)
     ensure_topics(settings.kafka, settings.topics)
     health = WorkerHealth(liveness_timeout_s=30.0)
     metrics = WorkerMetrics(status_provider=lambda: health.status)
