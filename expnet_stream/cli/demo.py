@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             f"[bold red]WARNING: model {engine.model_id} has UNTRAINED (random) weights; the coefficients are "
             "NOT expressions. Every event says so (model_trained=false).[/]"
         )
-    worker = Worker(settings, detector, engine, emotion_head=build_emotion_head(settings, engine))
+    emotion_out = build_emotion_head(settings, engine)
+    worker = Worker(settings, detector, engine, emotion_head=emotion_out)
     ops_server = _serve_ops(console, settings, worker)
     streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]
     ingested: dict[str, int] = {}
@@ -119,6 +121,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     frames_with_faces = 0
     faces = 0
     latencies: list[float] = []
+    top_emotions: Counter[str] = Counter()  # per face, its most probable emotion
     summaries: dict[str, StreamSummary] = {}
     first_rx: float | None = None
     last_rx = t_start
@@ -132,6 +135,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         tb.add_row("frames with faces", str(frames_with_faces))
         tb.add_row("faces", str(faces))
         tb.add_row("emotion aggregates", str(len(aggregates)))
+        if top_emotions:
+            tb.add_row("top emotion per face", _shares(top_emotions))
         if aggregates:
             last = aggregates[-1]
             who = "stream" if last.track_id < 0 else f"track {last.track_id}"
@@ -165,6 +170,9 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
                     if ev.faces:
                         frames_with_faces += 1
                         faces += len(ev.faces)
+                        for f in ev.faces:
+                            if f.emotions:
+                                top_emotions[max(f.emotions, key=f.emotions.__getitem__)] += 1
                     latencies.append(item.receive_time - ev.capture_time)
                     first_rx = first_rx or item.receive_time
                     last_rx = item.receive_time
@@ -202,6 +210,13 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         "events_published": worker.stats.frame_events,
         "events_received": frames,
         "aggregates_received": len(aggregates),
+        "emotion_output": _emotion_output(emotion_out),
+        "top_emotion_share": {
+            k: round(v / max(1, sum(top_emotions.values())), 4) for k, v in top_emotions.most_common()
+        },
+        "dominant_emotion_windows": dict(
+            Counter(a.dominant_emotion for a in aggregates if a.track_id < 0 and a.dominant_emotion).most_common()
+        ),
         "dead_letters": dict(worker.stats.dead_letters),
         "ingest_errors": ingest_errors,
         "seconds": round(elapsed, 3),
@@ -239,6 +254,22 @@ def _serve_ops(console: Console, settings: Any, worker: Worker) -> HealthServer 
     return server
 
 
+def _shares(counts: Counter[str], top: int = 4) -> str:
+    """``neutral 41%, happiness 30%, ...``: the ``top`` most frequent, rounded for people."""
+    total = max(1, sum(counts.values()))
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in counts.most_common(top))
+
+
+def _emotion_output(out: Any) -> str:
+    if out is None:
+        return "none"
+    where = "the model's own output" if getattr(out, "source", "") == "model" else "coefficient head"
+    unsupported = getattr(out, "unsupported", ())
+    return f"{where} ({len(out.classes)} classes" + (
+        f"; unsupported: {', '.join(unsupported)})" if unsupported else ")"
+    )
+
+
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
     tb = Table(title="demo summary", show_header=False)
     for key in (
@@ -258,6 +289,14 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         "throughput_frames_per_s",
     ):
         tb.add_row(key, str(s[key]))
+    tb.add_row("emotion output", s["emotion_output"])
+    if s["top_emotion_share"]:
+        tb.add_row("top emotion per face", _shares(Counter(s["top_emotion_share"])))
+    if s["dominant_emotion_windows"]:
+        tb.add_row(
+            "dominant emotion of stream windows",
+            ", ".join(f"{k} {v}" for k, v in s["dominant_emotion_windows"].items()),
+        )
     tb.add_row("latency p50 / p99 (s)", f"{s['latency_s']['p50']} / {s['latency_s']['p99']}")
     for stage, v in s["stages"].items():
         tb.add_row(f"stage {stage}", f"{v['seconds']:.2f} s ({100 * v['share']:.0f}%)")

@@ -47,12 +47,17 @@ def cmd_label(args: argparse.Namespace) -> int:
         "videos": lambda: iter_video_folder(data / "videos" / "unlabeled", frames_per_video=args.frames_per_video),
         "jaffe": lambda: iter_labelled_folder(data / "eval" / "jaffe", limit=args.limit),
     }
-    for name in args.sets or list(jobs):
+    for name in args.sets or [*jobs, "fer2013"]:
         path = faces / f"{name}.npz"
         if path.is_file() and not args.force:
             print(f"{name}: cached at {path}")
             continue
-        build_face_cache(jobs[name](), path, small_face_px=args.small_face_px)
+        if name == "fer2013":
+            from ..train.fer import build_fer_cache
+
+            build_fer_cache(data / "train" / "fer2013" / "fer2013.npz", path, limit=args.limit)
+        else:
+            build_face_cache(jobs[name](), path, small_face_px=args.small_face_px)
         print(f"{name}: written {path}")
     return 0
 
@@ -60,7 +65,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_select_basis(args: argparse.Namespace) -> int:
     from ..train.select_basis import select_basis
 
-    table = select_basis(_cache_dir(args), args.out)
+    table = select_basis(_cache_dir(args), args.out, save=not args.no_save)
     print(json.dumps({"chosen": table["chosen"], "mean_accuracy": table["mean_accuracy"]}, indent=2))
     return 0
 
@@ -79,7 +84,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache_dir=str(_cache_dir(args)),
         threads=args.threads,
         max_train=args.max_train,
+        max_batches_per_epoch=args.max_batches_per_epoch,
         init_from=args.init_from,
+        emotion_cache=None if args.emotion_cache in ("", "none") else args.emotion_cache,
+        emotion_weight=args.emotion_weight,
+        device=args.device,
     )
     summary = train(cfg, resume=args.resume)
     print(json.dumps(summary["history"][-1] if summary["history"] else {}, indent=2))
@@ -87,26 +96,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ..models.registry import load_checkpoint, save_checkpoint
     from ..models.weights import WEIGHTS_DIR
-    from ..train.basis import load_basis
-    from ..train.emotion_head import fit_emotion_head
+    from ..train.emotion_fit import fit_emotion_outputs
     from ..train.ship import ship_checkpoint
-    from ..train.sources import load_face_cache
 
     out = Path(args.out) if args.out else WEIGHTS_DIR
-    info = ship_checkpoint(args.checkpoint, out, fp16=not args.fp32, weights_tag=args.weights_tag)
-    from ..models.contract import PreprocessContract, contract_path_for
-
-    contract = PreprocessContract.from_json(contract_path_for(info["onnx"]))
-    basis = load_basis(contract.basis_id)
-    cache = load_face_cache(_cache_dir(args) / "faces" / "lfw_expressions.npz")
-    ok = cache.full_found.astype(bool)
-    head = fit_emotion_head(
-        basis.encode(cache.full_landmarks[ok], cache.full_blendshapes[ok]), cache.labels[ok], basis_id=basis.basis_id
-    )
+    model, contract = load_checkpoint(args.checkpoint)
+    # Choose and calibrate the emotion output on FER2013 val; the coefficient head is shipped beside it as fallback.
+    contract, head, emotion_info = fit_emotion_outputs(model, contract, _cache_dir(args))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "calibrated.pt", model, contract)
+        info = ship_checkpoint(ckpt, out, fp16=not args.fp32, weights_tag=args.weights_tag)
     head.save(out / "emotion_head.npz")
     info["emotion_head"] = str(out / "emotion_head.npz")
-    print(json.dumps(info, indent=2))
+    info["emotion_selection"] = emotion_info
+    (out / "emotion_selection.json").write_text(json.dumps(emotion_info, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in info.items() if k != "emotion_selection"}, indent=2))
     return 0
 
 
@@ -126,9 +134,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=str(_cache_dir(args)),
         max_fidelity_faces=args.max_fidelity_faces,
         threads=args.threads,
+        video_fps=args.video_fps,
+        extra_videos=tuple(args.video or ()),
+        parts=tuple(args.parts),
     )
     report = evaluate(cfg)
-    print(json.dumps({k: report[k] for k in ("model_id", "speed")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("model_id", "speed") if k in report}, indent=2))
     return 0
 
 
@@ -141,7 +152,7 @@ def register(subparsers: Any) -> None:
     """Add ``label``, ``select-basis``, ``train``, ``ship`` and ``evaluate`` to the ``expnet-stream`` command."""
     p = subparsers.add_parser("label", help="detect, crop and label the training/eval faces (MediaPipe; cached)")
     _common(p)
-    p.add_argument("--sets", nargs="*", choices=["lfw_expressions", "videos", "jaffe"], help="default: all")
+    p.add_argument("--sets", nargs="*", choices=["lfw_expressions", "videos", "jaffe", "fer2013"], help="default: all")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per labelled folder")
     p.add_argument("--frames-per-video", type=int, default=200)
     p.add_argument("--small-face-px", type=float, default=32.0, help="face size of the low-resolution labels")
@@ -151,6 +162,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("select-basis", help="fit the candidate expression bases, compare, save the winner")
     _common(p)
     p.add_argument("--out", default=None, help="write the comparison table (JSON) here")
+    p.add_argument(
+        "--no-save",
+        action="store_true",
+        help="only measure: do not (re)write the chosen basis file (a shipped model was trained on the saved one)",
+    )
     p.set_defaults(func=cmd_select_basis)
 
     p = subparsers.add_parser("train", help="train ExpNet on the labeller's basis coefficients")
@@ -163,7 +179,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--max-train", type=int, default=None, help="subsample the training faces (scope cut)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--max-batches-per-epoch", type=int, default=None, help="cut every epoch short (smoke runs)")
     p.add_argument("--init-from", default=None, help="warm start from a checkpoint's weights (new LR cycle)")
+    p.add_argument(
+        "--emotion-cache",
+        default="fer2013",
+        help="face cache with emotion labels for the multi-task emotion head (default fer2013; 'none': no emotions)",
+    )
+    p.add_argument("--emotion-weight", type=float, default=1.0, help="weight of the emotion loss (default 1.0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--out", default="runs/expnet", help="checkpoints and summary.json")
     p.set_defaults(func=cmd_train)
 
@@ -181,4 +205,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="expnet_stream/models/weights/report")
     p.add_argument("--max-fidelity-faces", type=int, default=800)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--video-fps", type=float, default=10.0, help="frames sampled per second of each evaluation clip")
+    p.add_argument("--video", action="append", help="another clip for the video part (repeatable), e.g. the demo clip")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["fidelity", "protocol", "speed", "emotions"],
+        choices=["fidelity", "protocol", "speed", "emotions"],
+        help="which parts of the report to run (default: all)",
+    )
     p.set_defaults(func=cmd_evaluate)

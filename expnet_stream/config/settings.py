@@ -81,7 +81,9 @@ class ModelSettings(_Section):
     )
     emotion_head: str | None = Field(
         "default",
-        description="'default' = the shipped emotion head (when its basis matches the model), a path, or null",
+        description="'default' = the model's own calibrated emotion output when it has one (the shipped model does), "
+        "else the shipped coefficient head; 'coefficients' = the shipped head on the 29 coefficients; a path to a "
+        "coefficient head (.npz); or null for no emotions",
     )
     cache_dir: Path = Field(default_factory=cache_dir, description="exported models and TensorRT plans live below this")
     engine: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"

@@ -37,6 +37,21 @@ class Engine(abc.ABC):
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``(N, 3, S, S)`` float32 normalised input -> ``(N, num_coeffs)`` float32; any N (chunked by max_batch)."""
 
+    @property
+    def has_emotion_output(self) -> bool:
+        """True when :meth:`infer_all` returns the model's own emotion probabilities (its contract names an
+        ``emotion_output_name`` and this engine reads it)."""
+        return False
+
+    def infer_all(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """``(coefficients (N, num_coeffs), emotion probabilities (N, len(contract.emotion_classes)) or None)``.
+
+        Engines that do not read the emotion output return None for it (the coefficient head is used instead).
+        """
+        return self.infer(batch), None
+
     def close(self) -> None:  # noqa: B027  (optional hook, no-op by default)
         """Release the backend's resources; the engine is unusable afterwards."""
 

@@ -108,7 +108,12 @@ class OrtEngine(Engine):
     def _check_io(self, session: ort.InferenceSession) -> None:
         inputs, outputs = session.get_inputs(), session.get_outputs()
         c = self.contract
-        if [i.name for i in inputs] != [c.input_name] or c.output_name not in [o.name for o in outputs]:
+        names = [o.name for o in outputs]
+        if c.emotion_output_name is not None and c.emotion_output_name not in names:
+            raise EngineError(
+                f"{self.path} has outputs {names}; the contract names the emotion output {c.emotion_output_name!r}"
+            )
+        if [i.name for i in inputs] != [c.input_name] or c.output_name not in names:
             raise EngineError(
                 f"{self.path} has inputs {[i.name for i in inputs]} / outputs {[o.name for o in outputs]}; "
                 f"the contract says {c.input_name!r} -> {c.output_name!r}"
@@ -117,18 +122,39 @@ class OrtEngine(Engine):
         if len(shape) != 4 or shape[1:] != [3, c.input_size, c.input_size]:
             raise EngineError(f"{self.path} input shape {shape} does not match contract input_size {c.input_size}")
 
+    @property
+    def has_emotion_output(self) -> bool:
+        return self.contract.emotion_output_name is not None
+
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._run(batch, emotions=False)[0]
+
+    def infer_all(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        if not self.has_emotion_output:
+            return self.infer(batch), None
+        return self._run(batch, emotions=True)
+
+    def _run(
+        self, batch: npt.NDArray[np.float32], *, emotions: bool
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         if self._session is None:
             raise EngineError(f"engine for {self.model_id} is closed")
+        c = self.contract
         x = self.check_batch(batch)
-        out = np.empty((x.shape[0], self.contract.num_coeffs), np.float32)
+        out = np.empty((x.shape[0], c.num_coeffs), np.float32)
+        emo = np.empty((x.shape[0], len(c.emotion_classes)), np.float32) if emotions else None
+        names = [c.output_name] + ([c.emotion_output_name] if emo is not None and c.emotion_output_name else [])
         for part in self.iter_chunks(x.shape[0]):
             try:
-                (y,) = self._session.run([self.contract.output_name], {self.contract.input_name: x[part]})
+                ys = self._session.run(names, {c.input_name: x[part]})
             except ORT_ERRORS as exc:
                 raise EngineError(f"ONNX Runtime failed for {self.model_id} on batch {x[part].shape}: {exc}") from exc
-            out[part] = y
-        return out
+            out[part] = ys[0]
+            if emo is not None:
+                emo[part] = ys[1]
+        return out, emo
 
     def close(self) -> None:
         self._session = None

@@ -193,10 +193,13 @@ class TrtEngine(Engine):
     The plan must have been built for this GPU type and TensorRT version (EngineMismatchError otherwise). Inputs are
     copied into a pinned host buffer, then to a device buffer on the engine's CUDA stream; shapes are set per batch
     (``set_input_shape``), the plan runs with ``execute_async_v3`` and the output comes back through a pinned buffer.
-    Batches below the profile's min batch are zero-padded; bigger ones are chunked by ``max_batch``.
+    Batches below the profile's min batch are zero-padded; bigger ones are chunked by ``max_batch``. When the contract
+    names an emotion output and the plan has it, :meth:`infer_all` returns it too (same stream, one more copy).
     """
 
     name = "tensorrt"
+    _d_emo: Any = None
+    _h_emo: Any = None
 
     def __init__(
         self,
@@ -307,6 +310,8 @@ class TrtEngine(Engine):
         self._d_in, self._h_in = buffers(self._in_name)
         outs = {n: buffers(n) for n in self._out_names}
         self._d_out, self._h_out = outs[self.contract.output_name]
+        emo_name = self.contract.emotion_output_name
+        self._d_emo, self._h_emo = outs[emo_name] if emo_name is not None and emo_name in outs else (None, None)
         for name, (dev, _) in [(self._in_name, (self._d_in, self._h_in)), *outs.items()]:
             if not self._context.set_tensor_address(name, dev.data_ptr()):
                 raise EngineError(f"TensorRT refused the device buffer of {name!r}")
@@ -314,17 +319,31 @@ class TrtEngine(Engine):
 
     # -- inference -----------------------------------------------------------------------------------------------
 
+    @property
+    def has_emotion_output(self) -> bool:
+        return self._d_emo is not None
+
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self.infer_all(batch)[0]
+
+    def infer_all(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         if self._context is None:
             raise EngineError(f"engine for {self.model_id} is closed")
         x = self.check_batch(batch)
         out = np.empty((x.shape[0], self.contract.num_coeffs), np.float32)
+        emo = (
+            np.empty((x.shape[0], len(self.contract.emotion_classes)), np.float32) if self.has_emotion_output else None
+        )
         with self._lock:
             for part in self.iter_chunks(x.shape[0]):
-                out[part] = self._run(x[part])
-        return out
+                out[part], e = self._run(x[part])
+                if emo is not None and e is not None:
+                    emo[part] = e
+        return out, emo
 
-    def _run(self, chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _run(self, chunk: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         import torch
 
         n = chunk.shape[0]
@@ -343,6 +362,8 @@ class TrtEngine(Engine):
                 self._d_in[:m].copy_(self._h_in[:m], non_blocking=True)
                 ok = self._context.execute_async_v3(self._stream.cuda_stream)
                 self._h_out[:m].copy_(self._d_out[:m], non_blocking=True)
+                if self._d_emo is not None and self._h_emo is not None:
+                    self._h_emo[:m].copy_(self._d_emo[:m], non_blocking=True)
             self._stream.synchronize()
         else:
             ok = self._context.execute_async_v3(0)
@@ -351,7 +372,8 @@ class TrtEngine(Engine):
                 f"TensorRT execution failed for {self.model_id} on batch {m}: {'; '.join(self._logger.errors)}"
             )
         result: npt.NDArray[np.float32] = self._h_out[:n].float().numpy().copy()
-        return result
+        emotions = None if self._h_emo is None else self._h_emo[:n].float().numpy().copy()
+        return result, emotions
 
     def close(self) -> None:
         with self._lock:

@@ -53,7 +53,11 @@ class EmotionAggregate(_Event):
     faces: int = Field(ge=0, description="faces counted")
     coeff_mean: bytes = Field(description="mean of the 29 coefficients, packed little-endian float32 (116 bytes)")
     coeff_std: bytes = Field(description="population std of the 29 coefficients, packed little-endian float32")
-    emotions: dict[str, float] | None = Field(None, description="mean emotion probability per label, if any")
+    emotions: dict[str, float] | None = Field(
+        None,
+        description="mean emotion probability per label, if any; the labels are the classes the model can tell (an "
+        "emotion absent from them, e.g. 'contempt' for FER2013-trained models, is unsupported, not improbable)",
+    )
     dominant_emotion: str | None = Field(None, description="most frequent per-face top emotion")
     dominant_share: float | None = Field(None, ge=0.0, le=1.0, description="share of faces whose top emotion it is")
     stability: float | None = Field(

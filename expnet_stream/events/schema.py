@@ -87,7 +87,13 @@ class Face(BaseModel):
     coeffs_smoothed: bytes | None = Field(
         None, description="the coefficients smoothed over the face's track (same packing); None when not smoothed"
     )
-    emotions: dict[str, float] | None = Field(None, description="emotion probabilities, when an emotion head is loaded")
+    emotions: dict[str, float] | None = Field(
+        None,
+        description="calibrated emotion probabilities (sum 1) keyed by class, when an emotion output is loaded. The "
+        "keys are the classes the model can tell; an emotion absent from the keys is UNSUPPORTED by this model, not "
+        "improbable (the shipped model is trained on FER2013, which has no 'contempt': it publishes anger, disgust, "
+        "fear, happiness, neutral, sadness, surprise)",
+    )
     quality: list[str] = Field(default_factory=list, description="quality flags, e.g. 'small_face', 'clipped'")
 
     @field_validator("coeffs", "coeffs_smoothed")

@@ -1,7 +1,7 @@
 """ExpNet models: architectures, registry, preprocessing contract and ONNX export.
 
-Only the contract is imported eagerly: it needs numpy and pydantic, not torch, so the worker (ONNX Runtime only)
-can use it. Names that need torch (the ``torch`` extra) are imported on first access.
+Only the contract and the emotion outputs are imported eagerly: they need numpy and pydantic, not torch, so the
+worker (ONNX Runtime only) can use them. Names that need torch (the ``torch`` extra) are imported on first access.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import PreprocessContract as PreprocessContract
 from .contract import contract_path_for as contract_path_for
+from .emotion import EMOTIONS as EMOTIONS
+from .emotion import FER_CLASSES as FER_CLASSES
+from .emotion import EmotionHead as EmotionHead
+from .emotion import ModelEmotions as ModelEmotions
 
 if TYPE_CHECKING:
     from .expnet import ExpNet as ExpNet
@@ -35,7 +39,7 @@ _LAZY = {
     "save_checkpoint": "registry",
 }
 
-__all__ = ["PreprocessContract", "contract_path_for", *_LAZY]
+__all__ = ["EMOTIONS", "FER_CLASSES", "EmotionHead", "ModelEmotions", "PreprocessContract", "contract_path_for", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CONTRACT_SCHEMA_VERSION", "PreprocessContract", "contract_path_for"]
 
-CONTRACT_SCHEMA_VERSION = 1
+CONTRACT_SCHEMA_VERSION = 2
 UNTRAINED_PREFIX = "untrained"
 
 # Per-channel mean of the Caffe MSRA ResNet (ImageNet), BGR order, [0, 255].
@@ -98,9 +98,10 @@ class PreprocessContract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = Field(
-        default=1,
-        description="Version of this contract's JSON layout (CONTRACT_SCHEMA_VERSION); a change is a new one.",
+    schema_version: Literal[1, 2] = Field(
+        default=2,
+        description="Version of this contract's JSON layout (CONTRACT_SCHEMA_VERSION); a change is a new one. "
+        "2 added the emotion output fields; version 1 files (no emotion output) still read.",
     )
     model_name: str = Field(description="Registered model name, e.g. 'expnet_resnet101' or 'expnet_resnet18.s112'.")
     input_size: int = Field(default=224, gt=0, description="Side of the square network input in pixels (paper: 224).")
@@ -150,6 +151,22 @@ class PreprocessContract(BaseModel):
     )
     output_name: str = Field(default="expr", description="ONNX/engine output name: float32 (N, num_coeffs).")
     num_coeffs: int = Field(default=29, gt=0, description="Number of expression coefficients (paper: 29).")
+    emotion_output_name: str | None = Field(
+        default=None,
+        description="ONNX/engine output holding calibrated emotion probabilities, float32 (N, len(emotion_classes)), "
+        "from a second head on the trunk; None when the model has no emotion output (a coefficient head is used).",
+    )
+    emotion_classes: tuple[str, ...] = Field(
+        default=(),
+        description="Class names of the emotion output, in column order; emotions of the product missing here are "
+        "unsupported by this model (e.g. 'contempt' for FER2013-trained heads).",
+    )
+    emotion_temperature: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Calibration temperature already applied inside the model: probabilities = softmax(logits / T), "
+        "T fitted on validation data. Informational.",
+    )
     basis_id: str = Field(
         default="none/untrained",
         min_length=1,
@@ -170,6 +187,10 @@ class PreprocessContract(BaseModel):
             raise ValueError(f"crop_size ({self.crop_size}) must be >= input_size ({self.input_size})")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+        if (self.emotion_output_name is None) != (not self.emotion_classes):
+            raise ValueError("emotion_output_name and emotion_classes go together (both set or both empty)")
+        if self.emotion_output_name in (self.input_name, self.output_name):
+            raise ValueError(f"emotion_output_name {self.emotion_output_name!r} clashes with another tensor name")
         return self
 
     def __eq__(self, other: object) -> bool:

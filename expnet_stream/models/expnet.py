@@ -25,7 +25,7 @@ from .resnet import ResNetTrunk, build_resnet, init_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPNET_CONFIGS", "ExpNet", "ExpNetConfig", "build_expnet", "untrained_weights_tag"]
+__all__ = ["EXPNET_CONFIGS", "ExpNet", "ExpNetConfig", "ExpNetWithEmotions", "build_expnet", "untrained_weights_tag"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
@@ -36,17 +36,57 @@ class ExpNet(nn.Module):
     """``trunk`` (N, 3, S, S) -> (N, feat_dim), then ``fc`` Linear(feat_dim, num_coeffs).
 
     The head is called ``fc`` (official: ``exprCNN_fc1`` with weights (2048, 29), i.e. the transpose of ``fc.weight``).
+    An optional second head ``emotion_fc`` Linear(feat_dim, num_emotions) on the same features gives emotion logits
+    (multi-task training); :meth:`forward` returns the coefficients only, :meth:`forward_all` both.
     """
 
-    def __init__(self, trunk: ResNetTrunk, num_coeffs: int = 29) -> None:
+    def __init__(self, trunk: ResNetTrunk, num_coeffs: int = 29, num_emotions: int = 0) -> None:
         super().__init__()
         self.trunk = trunk
         self.fc = nn.Linear(trunk.feat_dim, num_coeffs)
         self.num_coeffs = num_coeffs
+        self.emotion_fc: nn.Linear | None = nn.Linear(trunk.feat_dim, num_emotions) if num_emotions > 0 else None
+
+    @property
+    def num_emotions(self) -> int:
+        return 0 if self.emotion_fc is None else int(self.emotion_fc.out_features)
+
+    def add_emotion_head(self, num_emotions: int, *, seed: int = 0) -> None:
+        """Attach a freshly initialised emotion head (small normal weights, zero bias) on the trunk features."""
+        head = nn.Linear(self.fc.in_features, num_emotions)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+            head.bias.zero_()
+        self.emotion_fc = head.to(self.fc.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc(self.trunk(x))
         return out
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(coefficients (N, K), emotion logits (N, C) or None)`` from one trunk pass."""
+        feat = self.trunk(x)
+        return self.fc(feat), None if self.emotion_fc is None else self.emotion_fc(feat)
+
+
+class ExpNetWithEmotions(nn.Module):
+    """Export view of an ExpNet with an emotion head: ``x -> (coefficients, softmax(logits / temperature))``."""
+
+    def __init__(self, model: ExpNet, temperature: float = 1.0) -> None:
+        super().__init__()
+        if model.emotion_fc is None:
+            raise ValueError("the model has no emotion head")
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.model.trunk(x)
+        head = self.model.emotion_fc
+        if head is None:
+            raise ValueError("the model's emotion head was removed after wrapping")
+        coeffs, logits = self.model.fc(feat), head(feat)
+        return coeffs, torch.softmax(logits / self.temperature, dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -40,20 +40,42 @@ def _random_input(contract: PreprocessContract, batch: int, seed: int) -> torch.
     return torch.rand(batch, 3, s, s, generator=g) * 255.0 - 127.5
 
 
+def _export_view(model: torch.nn.Module, contract: PreprocessContract) -> torch.nn.Module:
+    """What is exported: the model itself, or (coefficients, calibrated emotions) when the contract names an output."""
+    if contract.emotion_output_name is None:
+        return model
+    from .expnet import ExpNet, ExpNetWithEmotions
+
+    if not isinstance(model, ExpNet) or model.num_emotions != len(contract.emotion_classes):
+        raise ExportError(
+            f"contract of {contract.model_name} names {len(contract.emotion_classes)} emotion classes but the model "
+            "has no matching emotion head"
+        )
+    return ExpNetWithEmotions(model, contract.emotion_temperature).eval()
+
+
+def _output_names(contract: PreprocessContract) -> list[str]:
+    names = [contract.output_name]
+    if contract.emotion_output_name is not None:
+        names.append(contract.emotion_output_name)
+    return names
+
+
 def _torch_export(model: torch.nn.Module, contract: PreprocessContract, path: Path, opset: int) -> None:
     dummy = _random_input(contract, 2, seed=1234)
+    outputs = _output_names(contract)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
         try:
             torch.onnx.export(
-                model,
+                _export_view(model, contract),
                 (dummy,),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
                 input_names=[contract.input_name],
-                output_names=[contract.output_name],
-                dynamic_axes={contract.input_name: {0: "batch"}, contract.output_name: {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={contract.input_name: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                 do_constant_folding=True,
             )
         except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as exc:
@@ -78,7 +100,7 @@ def _embed_metadata(path: Path, contract: PreprocessContract) -> None:
 
 
 def _max_abs_diff(model: torch.nn.Module, contract: PreprocessContract, path: Path) -> tuple[float, float]:
-    """Max |torch - ORT| and max |torch| over a batch of 3 and a batch of 1."""
+    """Max |torch - ORT| and max |torch| over a batch of 3 and a batch of 1 (coefficients and emotions, if any)."""
     from ..engines.onnxruntime_engine import OrtEngine
 
     diff, scale = 0.0, 0.0
@@ -90,15 +112,20 @@ def _max_abs_diff(model: torch.nn.Module, contract: PreprocessContract, path: Pa
         for seed, batch in ((1, 3), (2, 1)):
             x = _random_input(contract, batch, seed)
             with torch.no_grad():
-                ref = model(x).numpy()
+                out = _export_view(model, contract)(x)
+            refs = [t.numpy() for t in out] if isinstance(out, tuple) else [out.numpy()]
             try:
-                got = engine.infer(x.numpy())
+                coeffs, emotions = engine.infer_all(x.numpy())
             except EngineError as exc:
                 raise ExportError(f"ONNX Runtime failed on the export of {contract.model_name}: {exc}") from exc
-            if got.shape != ref.shape:
-                raise ExportError(f"ONNX output shape {got.shape} != torch output shape {ref.shape}")
-            diff = max(diff, float(np.max(np.abs(got - ref))))
-            scale = max(scale, float(np.max(np.abs(ref))))
+            gots = [coeffs] if emotions is None else [coeffs, emotions]
+            if [g.shape for g in gots] != [r.shape for r in refs]:
+                raise ExportError(
+                    f"ONNX output shapes {[g.shape for g in gots]} != torch output shapes {[r.shape for r in refs]}"
+                )
+            for got, ref in zip(gots, refs, strict=True):
+                diff = max(diff, float(np.max(np.abs(got - ref))))
+                scale = max(scale, float(np.max(np.abs(ref))))
     return diff, scale
 
 

@@ -125,6 +125,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[ExpNet, PreprocessCon
     contract = PreprocessContract.from_dict(contract_data, source=str(path))
     contract._base_dir = path.parent  # relative mean-image paths resolve next to the checkpoint
     model, _ = _entrypoint(contract.model_name)(seed=None)
+    state = payload.get("state_dict", {})
+    if isinstance(state, dict) and "emotion_fc.weight" in state:
+        model.add_emotion_head(int(state["emotion_fc.weight"].shape[0]))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, RuntimeError) as exc:

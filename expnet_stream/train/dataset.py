@@ -49,6 +49,7 @@ class AugmentConfig:
     noise_std: float = 4.0
     max_shift: float = 0.05
     scale_range: tuple[float, float] = (0.93, 1.07)
+    max_rotate_deg: float = 10.0
 
 
 def holdout_mask(subjects: npt.ArrayLike, fraction: float, salt: str = "expnet-val") -> npt.NDArray[np.bool_]:
@@ -84,10 +85,12 @@ def _augment_one(
     w = wide.shape[0]
     s = rng.uniform(*cfg.scale_range)
     dx, dy = rng.uniform(-cfg.max_shift, cfg.max_shift, 2) * size
-    # dst pixel centre u + 0.5 <- src x + 0.5 = w/2 + s * (u + 0.5 - size/2) + d
-    tx = w / 2 - 0.5 + s * (0.5 - size / 2) + dx
-    ty = w / 2 - 0.5 + s * (0.5 - size / 2) + dy
-    mat = np.array([[s, 0.0, tx], [0.0, s, ty]], np.float64)
+    a = np.deg2rad(rng.uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg)) if cfg.max_rotate_deg > 0 else 0.0
+    # dst pixel centre (u, v) <- src = c_src + d + s * R(a) @ ((u, v) - c_dst), with c = side / 2 - 0.5
+    rot = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c_dst = np.full(2, size / 2 - 0.5)
+    t = np.full(2, w / 2 - 0.5) + np.array([dx, dy]) - rot @ c_dst
+    mat = np.concatenate([rot, t[:, None]], axis=1)
     img = cv2.warpAffine(
         wide, mat, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
     )

@@ -1,10 +1,19 @@
-"""Train ExpNet the ExpNet way: the landmark-free CNN regresses the labeller's basis coefficients from pixels.
+"""Train ExpNet the ExpNet way: the landmark-free CNN regresses the labeller's basis coefficients from pixels, and,
+multi-task, classifies emotions with a second head on the same trunk features.
 
 Inputs are paper crops of yuface boxes (from the face cache), augmented (:mod:`.dataset`); targets are the
 std-normalised coefficients of the expression basis computed from the labeller's landmarks at full resolution.
 Identities are held out for validation (LFW person names, whole videos). The loss is smooth-L1 on the coefficients.
 Every epoch writes ``last.pt`` (model, optimizer, scheduler, history: ``--resume`` continues from it) and, when the
 validation loss improves, ``best.pt`` in the checkpoint format of :func:`~expnet_stream.models.save_checkpoint`.
+
+Multi-task (``emotion_cache``, default ``fer2013``): the FER2013 cache (:mod:`.fer`, faces framed through the worker's
+detector box and paper crop) adds its ``train`` split to every epoch. Those faces carry an emotion label (weighted
+cross-entropy, class weights ``(1 / frequency) ** emotion_balance``, label smoothing) and, where the labeller found the
+face, coefficient targets weighted ``fer_coeff_weight`` (the labeller at 48 px is noisier than on the photos). FER2013
+faces are mirrored with probability 1/2 (then their coefficient weight is 0: the basis is not mirror-symmetric).
+Calibration and the choice between this head and a head on the coefficients happen at ``ship``
+(:mod:`.emotion_fit`).
 
 The same command trains ``expnet_resnet101`` (crop 227); the cached wide crops are resized to its crop geometry.
 """
@@ -58,6 +67,12 @@ class TrainConfig:
     weights_tag: str = ""
     caches: tuple[str, ...] = ("lfw_expressions", "videos")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    emotion_cache: str | None = "fer2013"
+    emotion_weight: float = 1.0
+    emotion_balance: float = 0.5
+    label_smoothing: float = 0.05
+    fer_coeff_weight: float = 0.5
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -131,34 +146,113 @@ def predict_crops(
     model: Any, contract: Any, crops: npt.NDArray[np.uint8], batch_size: int = 128
 ) -> npt.NDArray[np.float32]:
     """Run a torch ExpNet on uint8 crops ``(N, crop, crop, 3)`` -> ``(N, K)``."""
+    return predict_crops_all(model, contract, crops, batch_size)[0]
+
+
+def predict_crops_all(
+    model: Any, contract: Any, crops: npt.NDArray[np.uint8], batch_size: int = 128
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """``(coefficients (N, K), emotion logits (N, C) or None)`` of a torch ExpNet on uint8 crops."""
     import torch
 
-    out = []
+    device = next(model.parameters()).device
+    coeffs, logits = [], []
     model.eval()
     with torch.no_grad():
         for i in range(0, crops.shape[0], batch_size):
-            x = torch.from_numpy(contract.normalize(crops[i : i + batch_size]))
-            out.append(model(x).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, contract.num_coeffs), np.float32)
+            x = torch.from_numpy(contract.normalize(crops[i : i + batch_size])).to(device)
+            c, e = model.forward_all(x) if hasattr(model, "forward_all") else (model(x), None)
+            coeffs.append(c.float().cpu().numpy())
+            if e is not None:
+                logits.append(e.float().cpu().numpy())
+    c_out = np.concatenate(coeffs).astype(np.float32) if coeffs else np.zeros((0, contract.num_coeffs), np.float32)
+    return c_out, (np.concatenate(logits).astype(np.float32) if logits else None)
+
+
+@dataclass(frozen=True)
+class EmotionData:
+    """FER2013 faces for multi-task training: wide crops, label index, split, coefficient targets and their mask."""
+
+    wide: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+    split: npt.NDArray[np.str_]
+    targets: npt.NDArray[np.float32]
+    has_targets: npt.NDArray[np.bool_]
+
+
+def load_emotion_data(cache_dir: str | os.PathLike[str], name: str, basis_id: str, wide_size: int) -> EmotionData:
+    """Read ``<cache_dir>/faces/<name>.npz`` (a FER2013 cache) and encode its coefficient targets."""
+    from .basis import load_basis
+    from .fer import load_fer_cache
+
+    path = Path(cache_dir) / "faces" / f"{name}.npz"
+    if not path.is_file():
+        raise ExpNetError(f"emotion cache {path} is missing: run `expnet-stream label --sets {name}` first")
+    cache = load_fer_cache(path)
+    wide = cache.crops
+    if wide.shape[1] != wide_size:
+        wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
+    basis = load_basis(basis_id)
+    ok = cache.full_found.astype(bool)
+    targets = np.zeros((len(cache), basis.num_coeffs), np.float32)
+    if ok.any():
+        targets[ok] = basis.encode(cache.full_landmarks[ok], cache.full_blendshapes[ok])
+    logger.info("emotion cache name=%s faces=%d with coefficient targets=%d", name, len(cache), int(ok.sum()))
+    return EmotionData(wide, cache.label_index(), cache.split, targets, ok)
+
+
+def class_weights(labels: npt.NDArray[np.int64], num_classes: int, power: float) -> npt.NDArray[np.float32]:
+    """``(N / (C * count_c)) ** power`` per class (0: none, 1: full inverse-frequency balancing)."""
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
+    w: npt.NDArray[np.float32] = ((counts.sum() / (num_classes * np.maximum(counts, 1.0))) ** power).astype(np.float32)
+    return w
+
+
+def emotion_metrics(proba: npt.NDArray[Any], labels: npt.NDArray[np.int64], num_classes: int) -> dict[str, Any]:
+    """Accuracy, per-class recall, balanced accuracy, NLL and the confusion matrix (rows: true, cols: predicted)."""
+    from ..models.emotion import expected_calibration_error
+
+    pred = proba.argmax(1)
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    recall = conf.diagonal() / np.maximum(conf.sum(1), 1)
+    nll = float(-np.log(np.maximum(proba[np.arange(len(labels)), labels], 1e-12)).mean())
+    return {
+        "n": len(labels),
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(recall.mean()),
+        "recall": [float(r) for r in recall],
+        "nll": nll,
+        "ece": expected_calibration_error(proba, labels),
+        "confusion": conf.tolist(),
+    }
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model``; returns the summary also written to ``<out>/summary.json``."""
     import torch
 
+    from ..models.emotion import FER_CLASSES, softmax
     from ..models.registry import create_model, load_checkpoint, save_checkpoint
     from .dataset import center_crops, degrade_face_scale
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, contract = create_model(cfg.model, seed=cfg.seed)
+    warm_contract = None
+    if cfg.emotion_cache:
+        model.add_emotion_head(len(FER_CLASSES), seed=cfg.seed)
     if cfg.init_from:
         # Warm start (e.g. a second learning-rate cycle): weights only, the optimizer and schedule start afresh.
-        warm, _ = load_checkpoint(cfg.init_from)
-        model.load_state_dict(warm.state_dict())
-        logger.info("initialised from checkpoint path=%s", cfg.init_from)
+        # A checkpoint without an emotion head warm-starts the trunk and the coefficient head.
+        warm, warm_contract = load_checkpoint(cfg.init_from)
+        missing, _unexpected = model.load_state_dict(warm.state_dict(), strict=False)
+        if any(not k.startswith("emotion_fc.") for k in missing) or _unexpected:
+            raise ModelError(f"{cfg.init_from} does not fit {cfg.model}: missing {missing}, unexpected {_unexpected}")
+        logger.info("initialised from checkpoint path=%s new_keys=%s", cfg.init_from, missing)
     crop = contract.crop_size
     wide_size = round(crop * WIDE_CROP / PAPER_CROP)
     cache_dir = cfg.cache_dir or str(default_cache_dir())
@@ -167,25 +261,56 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if cfg.max_train is not None and tr_idx.size > cfg.max_train:
         tr_idx = np.sort(np.random.default_rng(cfg.seed).choice(tr_idx, cfg.max_train, replace=False))
     va_idx = np.flatnonzero(data.val)
-    train_set = FaceRegressionData(
-        data.wide[tr_idx], data.targets[tr_idx], seed=cfg.seed, augment=cfg.augment, crop_size=crop
+    # Targets packed per face: K coefficients, the coefficient-loss weight, the emotion label (-1: none).
+    k = data.targets.shape[1]
+    packed = np.concatenate(
+        [data.targets[tr_idx], np.ones((tr_idx.size, 1), np.float32), np.full((tr_idx.size, 1), -1.0, np.float32)], 1
     )
+    wide_train = data.wide[tr_idx]
+    emo: EmotionData | None = None
+    emo_val_crops = np.zeros((0, crop, crop, 3), np.uint8)
+    emo_val_labels = np.zeros(0, np.int64)
+    cw = np.ones(len(FER_CLASSES), np.float32)
+    if cfg.emotion_cache:
+        emo = load_emotion_data(cache_dir, cfg.emotion_cache, cfg.basis_id, wide_size)
+        fer_tr = np.flatnonzero(emo.split == "train")
+        if cfg.max_train is not None and fer_tr.size > cfg.max_train:
+            fer_tr = np.sort(np.random.default_rng(cfg.seed + 1).choice(fer_tr, cfg.max_train, replace=False))
+        fer_va = np.flatnonzero(emo.split == "val")
+        emo_val_crops = center_crops(emo.wide[fer_va], crop)
+        emo_val_labels = emo.labels[fer_va]
+        cw = class_weights(emo.labels[fer_tr], len(FER_CLASSES), cfg.emotion_balance)
+        fer_packed = np.concatenate(
+            [
+                emo.targets[fer_tr],
+                (emo.has_targets[fer_tr].astype(np.float32) * cfg.fer_coeff_weight)[:, None],
+                emo.labels[fer_tr].astype(np.float32)[:, None],
+            ],
+            1,
+        )
+        packed = np.concatenate([packed, fer_packed])
+        wide_train = np.concatenate([wide_train, emo.wide[fer_tr]])
+        logger.info("emotion data train=%d val=%d class_weights=%s", fer_tr.size, fer_va.size, np.round(cw, 3).tolist())
+    train_set = FaceRegressionData(wide_train, packed, seed=cfg.seed, augment=cfg.augment, crop_size=crop)
     val_crops = center_crops(data.wide[va_idx], crop)
     val_targets = data.targets[va_idx]
     mean_bgr = tuple(
         float(v) for v in center_crops(data.wide[tr_idx[:: max(1, tr_idx.size // 2000)]], crop).reshape(-1, 3).mean(0)
     )
+    if warm_contract is not None:
+        mean_bgr = warm_contract.mean_bgr  # the warm-started trunk was trained on inputs centred this way
     tag = cfg.weights_tag or f"mp478-lfw-videos-seed{cfg.seed}"
     contract = contract.model_copy(update={"mean_bgr": mean_bgr, "basis_id": cfg.basis_id, "weights": tag})
     logger.info(
-        "train data train=%d val=%d val_subjects=%d model=%s crop=%d",
+        "train data train=%d (+%d emotion) val=%d val_subjects=%d model=%s crop=%d",
         tr_idx.size,
+        len(train_set) - tr_idx.size,
         va_idx.size,
         np.unique(data.subjects[va_idx]).size,
         cfg.model,
         crop,
     )
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = train_set.num_batches(cfg.batch_size, drop_last=True)
     if cfg.max_batches_per_epoch is not None:
@@ -205,6 +330,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         if state.get("format") != TRAIN_STATE_FORMAT or state.get("config") != json.dumps(_cfg_dict(cfg)):
             raise ModelError(f"{state_path} was written by another training configuration; use another --out")
         model.load_state_dict(state["model"])
+        model.to(device)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
@@ -212,6 +338,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         best = float(state["best"])
         logger.info("resumed path=%s epoch=%d", state_path, start_epoch)
     loss_fn = torch.nn.SmoothL1Loss(beta=1.0)
+    elementwise = torch.nn.SmoothL1Loss(beta=1.0, reduction="none")
+    ce = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(cw).to(device), label_smoothing=cfg.label_smoothing)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -225,8 +353,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         for b, (crops, y) in enumerate(train_set.batches(epoch, cfg.batch_size)):
             if b >= steps_per_epoch:
                 break
-            x = torch.from_numpy(contract.normalize(crops))
-            loss = loss_fn(model(x), torch.from_numpy(y))
+            y = y.copy()
+            labels_np = y[:, k + 1].astype(np.int64)
+            # Mirror emotion faces half the time; a mirrored face has no valid coefficient target.
+            flip = (labels_np >= 0) & (np.random.default_rng([cfg.seed, epoch, b, 7]).random(len(y)) < 0.5)
+            if flip.any():
+                crops = crops.copy()
+                crops[flip] = crops[flip][:, :, ::-1]
+                y[flip, k] = 0.0
+            x = torch.from_numpy(contract.normalize(crops)).to(device)
+            coeffs_t, logits_t = model.forward_all(x)
+            w = torch.from_numpy(y[:, k]).to(device)
+            per_face = elementwise(coeffs_t, torch.from_numpy(y[:, :k]).to(device)).mean(1)
+            loss = (per_face * w).sum() / w.sum().clamp(min=1.0)
+            has_label = labels_np >= 0
+            if logits_t is not None and has_label.any():
+                sel = torch.from_numpy(np.flatnonzero(has_label)).to(device)
+                target = torch.from_numpy(labels_np[has_label]).to(device)
+                loss = loss + cfg.emotion_weight * ce(logits_t[sel], target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -242,18 +386,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         val_loss = float(loss_fn(torch.from_numpy(pred), torch.from_numpy(val_targets)))
         r2 = r2_per_coeff(pred, val_targets)
         r2_q = r2_per_coeff(pred_q, val_targets)
-        rec = {
+        rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val_loss,
             "val_r2_mean": float(r2.mean()),
             "val_r2_mean_quarter_scale": float(r2_q.mean()),
-            "seconds": time.perf_counter() - t0,
         }
+        score = -val_loss
+        if emo is not None:
+            _, val_logits = predict_crops_all(model, contract, emo_val_crops)
+            if val_logits is not None:
+                m = emotion_metrics(softmax(val_logits), emo_val_labels, len(FER_CLASSES))
+                rec.update(
+                    val_emotion_accuracy=m["accuracy"],
+                    val_emotion_balanced_accuracy=m["balanced_accuracy"],
+                    val_emotion_min_recall=min(m["recall"]),
+                )
+                score = m["accuracy"]
+        rec["seconds"] = time.perf_counter() - t0
         history.append(rec)
         logger.info("epoch done %s", " ".join(f"{k}={v:.4g}" for k, v in rec.items()))
-        if val_loss < best:
-            best = val_loss
+        if progress:  # one line per epoch in the log a person tails, whatever the log level
+            from tqdm import tqdm
+
+            tqdm.write("epoch done " + " ".join(f"{k}={v:.4g}" for k, v in rec.items()))
+        # best.pt: lowest coefficient val loss, or highest FER2013 val accuracy when training emotions.
+        if -score < best:
+            best = -score
             save_checkpoint(out / "best.pt", model, contract)
         save_checkpoint(out / "final.pt", model, contract)
         _atomic_torch_save(
@@ -288,5 +448,6 @@ def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
     d.pop("out", None)
     d.pop("cache_dir", None)
     d.pop("threads", None)
+    d.pop("device", None)
     d["caches"] = list(cfg.caches)
     return d

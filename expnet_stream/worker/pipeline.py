@@ -54,12 +54,16 @@ LOW_SCORE = 0.5
 
 
 class EmotionClassifier(Protocol):
-    """Emotion head: coefficients ``(N, 29)`` -> probabilities ``(N, C)`` over :attr:`classes`."""
+    """Emotion output: coefficients ``(N, 29)`` and the model's own emotion output (or None) -> probabilities
+    ``(N, C)`` over :attr:`classes` (:class:`~expnet_stream.models.emotion.EmotionHead` reads the coefficients,
+    :class:`~expnet_stream.models.emotion.ModelEmotions` the model output)."""
 
     @property
     def classes(self) -> tuple[str, ...]: ...
 
-    def predict_proba(self, coeffs: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+    def predict_proba(
+        self, coeffs: npt.ArrayLike, model_probs: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]: ...
 
 
 class Source(NamedTuple):
@@ -341,9 +345,9 @@ class Pipeline:
         if crops:
             with self.stages.time("infer"):
                 batch = self.contract.normalize(np.concatenate(crops))
-                coeffs = self.engine.infer(batch)
+                coeffs, model_probs = self.engine.infer_all(batch)
                 if self.emotion_head is not None:
-                    probs = self.emotion_head.predict_proba(coeffs)
+                    probs = self.emotion_head.predict_proba(coeffs, model_probs)
             if self.observer is not None:
                 self.observer.batch(len(batch))
         emitted = 0

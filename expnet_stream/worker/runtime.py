@@ -16,6 +16,8 @@ from .pipeline import EmotionClassifier
 
 DEFAULT_MODEL = "default"
 """``model.name`` / ``model.emotion_head`` value meaning the trained weights shipped in the package."""
+COEFFICIENT_HEAD = "coefficients"
+"""``model.emotion_head`` value: the shipped coefficient head even when the model has its own emotion output."""
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,28 @@ def build_engine(settings: WorkerSettings) -> Engine:
 
 
 def build_emotion_head(settings: WorkerSettings, engine: Engine) -> EmotionClassifier | None:
-    """The emotion head the settings ask for, if its expression basis is the engine's (else None, with a warning)."""
+    """The emotion output the settings ask for (``model.emotion_head``).
+
+    ``default``: the model's own emotion output when it has one and the engine reads it, else the shipped
+    coefficient head; ``coefficients``: the shipped coefficient head; a path: that coefficient head; null: none.
+    A coefficient head whose expression basis is not the engine's gives None, with a warning.
+    """
     spec = settings.model.emotion_head
     if spec is None:
         return None
-    from ..train.emotion_head import EmotionHead
+    from ..models.emotion import EmotionHead, ModelEmotions
 
-    if spec == DEFAULT_MODEL:
+    if spec == DEFAULT_MODEL and engine.has_emotion_output:
+        out = ModelEmotions(engine.contract.emotion_classes)
+        log.info("emotions from the model's own output classes=%s unsupported=%s", out.classes, out.unsupported)
+        return out
+    if spec == DEFAULT_MODEL and engine.contract.emotion_output_name is not None:
+        log.warning(
+            "model %s has an emotion output but the %s engine does not read it: using the coefficient head",
+            engine.model_id,
+            engine.name,
+        )
+    if spec in (DEFAULT_MODEL, COEFFICIENT_HEAD):
         from ..models.weights import default_emotion_head_path
 
         path = default_emotion_head_path()

@@ -1,4 +1,4 @@
-"""The numpy-only emotion head and the shipped head file."""
+"""The numpy-only coefficient emotion head (runtime part in models/, fitting in train/) and the shipped head file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from expnet_stream.errors import ModelError
-from expnet_stream.train.emotion_head import EMOTIONS, EmotionHead
+from expnet_stream.models.emotion import EMOTIONS, FER_CLASSES, EmotionHead
 
 pytestmark = pytest.mark.unit
 
@@ -45,7 +45,9 @@ def test_fit_recovers_separable_classes() -> None:
     x = centres[np.repeat(np.arange(3), 40)] + rng.normal(size=(120, 29))
     head = fit_emotion_head(x, y, basis_id="test")
     assert np.mean(np.asarray(head.predict(x)) == y) > 0.95
-    assert head.predict_proba(x)[:, EMOTIONS.index("fear")].max() < 1e-6
+    # classes without training faces are left out and reported unsupported, not kept as a silent ~0 column
+    assert head.classes == ("happiness", "neutral", "surprise")
+    assert set(head.unsupported) == set(EMOTIONS) - {"happiness", "neutral", "surprise"}
 
 
 def test_shipped_head_loads() -> None:
@@ -53,4 +55,6 @@ def test_shipped_head_loads() -> None:
 
     head = EmotionHead.load(default_emotion_head_path())
     p = head.predict_proba(np.zeros((1, head.num_coeffs), np.float32))
-    assert p.shape == (1, 8) and abs(float(p.sum()) - 1.0) < 1e-5
+    assert head.classes == FER_CLASSES and head.unsupported == ("contempt",)
+    assert p.shape == (1, 7) and abs(float(p.sum()) - 1.0) < 1e-5
+    assert 0.2 < head.temperature < 20  # calibrated on FER2013 val

@@ -84,6 +84,7 @@ def test_two_step_training_is_deterministic(tmp_path: Path) -> None:
             val_fraction=0.3,
             max_batches_per_epoch=2,
             threads=1,
+            emotion_cache=None,  # coefficients only: the multi-task run is tests/unit/test_emotions.py
         )
         summary = train(cfg, progress=False)
         model, contract = load_checkpoint(tmp_path / run / "final.pt")
@@ -101,16 +102,19 @@ def test_shipped_model_runs_on_astronaut() -> None:
     from expnet_stream.engines.onnxruntime_engine import OrtEngine
     from expnet_stream.faces.crop import crop_faces
     from expnet_stream.models.contract import PreprocessContract, contract_path_for
+    from expnet_stream.models.emotion import FER_CLASSES, EmotionHead
     from expnet_stream.models.weights import default_model_path
     from expnet_stream.train.basis import load_basis
-    from expnet_stream.train.emotion_head import EmotionHead
 
     path = default_model_path()
     contract = PreprocessContract.from_json(contract_path_for(path))
     assert contract.trained
     crops = crop_faces(astronaut_bgr(), np.array([ASTRONAUT_FACE], np.float32), contract)
     with OrtEngine(path, max_batch=4, intra_op_threads=1) as engine:
-        coeffs = engine.infer(contract.normalize(crops))
+        coeffs, emotions = engine.infer_all(contract.normalize(crops))
+    # the shipped model publishes its own calibrated emotion output (trunk head, FER2013 classes)
+    assert contract.emotion_classes == FER_CLASSES and emotions is not None and emotions.shape == (1, 7)
+    assert abs(float(emotions.sum()) - 1.0) < 1e-4
     assert coeffs.shape == (1, 29) and np.isfinite(coeffs).all()
     assert np.abs(coeffs).max() < 20  # std-normalised coefficients
     basis = load_basis(contract.basis_id)
@@ -119,7 +123,7 @@ def test_shipped_model_runs_on_astronaut() -> None:
 
     head = EmotionHead.load(default_emotion_head_path())
     assert head.basis_id == contract.basis_id
-    assert head.predict_proba(coeffs).shape == (1, 8)
+    assert head.predict_proba(coeffs).shape == (1, 7)
 
 
 def test_shipped_checkpoint_loads_with_create_model() -> None:

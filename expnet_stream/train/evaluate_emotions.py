@@ -1,0 +1,334 @@
+"""The emotion part of ``expnet-stream evaluate``: what the published emotion output gets right, and where.
+
+1. **FER2013** (the data set's own splits): accuracy, balanced accuracy, per-class recall, confusion matrix and expected
+   calibration error of the published output and of the coefficient head, on ``test`` (reported; nothing was chosen
+   on it) and on ``val`` (where the output, its temperature and the training epochs were chosen; for reference).
+   Faces are framed as in the worker (:mod:`.fer`: detector box, paper crop).
+2. **JAFFE, cross-dataset** (never used to choose anything): the same output on the 213 posed faces, yuface box and
+   paper crop at full resolution; accuracy, per-class recall, confusion.
+3. **Video, the target domain**: every clip of the unlabelled video folder (and the demo clip when it is cached) through
+   the real pipeline (:func:`~expnet_stream.worker.local.run_local`, default settings, sampled at ``video_fps``): the
+   share of frames whose top emotion is each class and the dominant emotion of the 2 s windows, per clip and over all.
+   A timeline PNG is written for a few clips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..faces.crop import crop_faces
+from ..models.contract import PreprocessContract, contract_path_for
+from ..models.emotion import EMOTIONS, EmotionHead, unsupported_of
+from .dataset import center_crops
+from .sources import PAPER_CROP, WIDE_CROP, load_face_cache
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PublishedEmotions", "evaluate_emotions", "plot_confusions", "plot_video_shares"]
+
+
+class PublishedEmotions:
+    """What the worker publishes for a model file: its own emotion output, else the coefficient head beside it."""
+
+    def __init__(self, model_path: str | os.PathLike[str], head_path: str | os.PathLike[str] | None, threads: int):
+        from ..engines.onnxruntime_engine import OrtEngine
+
+        self.contract = PreprocessContract.from_json(contract_path_for(model_path))
+        self.engine = OrtEngine(model_path, max_batch=64, intra_op_threads=threads)
+        self.head = EmotionHead.load(head_path) if head_path is not None and Path(head_path).is_file() else None
+        if self.engine.has_emotion_output:
+            self.source, self.classes = "model", tuple(self.contract.emotion_classes)
+        elif self.head is not None:
+            self.source, self.classes = "coefficients", self.head.classes
+        else:
+            self.source, self.classes = "none", ()
+
+    def __call__(
+        self, crops: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None]:
+        """``(published probabilities over self.classes, coefficient-head probabilities)`` for uint8 crops."""
+        pub, coef = [], []
+        for i in range(0, len(crops), 64):
+            c, p = self.engine.infer_all(self.contract.normalize(crops[i : i + 64]))
+            if self.head is not None:
+                coef.append(self.head.predict_proba(c))
+            if p is not None:
+                pub.append(p)
+        coef_all = np.concatenate(coef) if coef else None
+        pub_all = np.concatenate(pub) if pub else (coef_all if self.source == "coefficients" else None)
+        return pub_all, coef_all
+
+
+def _metrics(proba: npt.NDArray[Any], classes: tuple[str, ...], labels: list[str]) -> dict[str, Any]:
+    """Metrics over the faces whose label is one of ``classes`` (others would count as wrong; say how many)."""
+    from ..models.emotion import expected_calibration_error
+
+    idx = {k: i for i, k in enumerate(classes)}
+    y = np.array([idx.get(k, -1) for k in labels])
+    keep = y >= 0
+    p, y = proba[keep], y[keep]
+    pred = p.argmax(1)
+    conf = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(conf, (y, pred), 1)
+    support = conf.sum(1)
+    recall = conf.diagonal() / np.maximum(support, 1)
+    present = support > 0
+    return {
+        "faces": int(keep.sum()),
+        "faces_with_unsupported_label": int((~keep).sum()),
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "recall": {k: float(r) for k, r, s in zip(classes, recall, present, strict=True) if s},
+        "support": {k: int(s) for k, s in zip(classes, support, strict=True)},
+        "ece": expected_calibration_error(p, y),
+        "classes": list(classes),
+        "confusion": conf.tolist(),
+    }
+
+
+def _fer(net: PublishedEmotions, cache_dir: Path) -> dict[str, Any]:
+    from .fer import load_fer_cache
+
+    path = cache_dir / "faces" / "fer2013.npz"
+    if not path.is_file():
+        return {"skipped": f"no FER2013 cache at {path}: run `expnet-stream label --sets fer2013`"}
+    cache = load_fer_cache(path)
+    crop = net.contract.crop_size
+    wide_size = round(crop * WIDE_CROP / PAPER_CROP)
+    res: dict[str, Any] = {"detector_found_rate": float(cache.detected.mean())}
+    for split in ("test", "val"):
+        m = cache.split == split
+        wide = cache.crops[m]
+        if wide.shape[1] != wide_size:
+            import cv2
+
+            wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
+        pub, coef = net(center_crops(wide, crop))
+        labels = [str(k) for k in cache.labels[m]]
+        row: dict[str, Any] = {}
+        if pub is not None:
+            row["published"] = _metrics(pub, net.classes, labels)
+        if coef is not None and net.head is not None:
+            row["coefficient_head"] = _metrics(coef, net.head.classes, labels)
+        res[split] = row
+        if "published" in row:
+            logger.info(
+                "fer2013 %s accuracy=%.4f balanced=%.4f min_recall=%.3f ece=%.4f",
+                split,
+                row["published"]["accuracy"],
+                row["published"]["balanced_accuracy"],
+                min(row["published"]["recall"].values()),
+                row["published"]["ece"],
+            )
+    res["role"] = {"test": "reported (never used to choose)", "val": "used to choose epochs, output and temperature"}
+    return res
+
+
+def _jaffe(net: PublishedEmotions, data_dir: Path, cache_dir: Path) -> dict[str, Any]:
+    import cv2
+
+    root = data_dir / "eval" / "jaffe"
+    path = cache_dir / "faces" / "jaffe.npz"
+    if not path.is_file():
+        if not root.is_dir():
+            return {"skipped": f"{root} is absent"}
+        from .sources import build_face_cache, iter_labelled_folder
+
+        build_face_cache(iter_labelled_folder(root), path)
+    cache = load_face_cache(path)
+    crops = []
+    for i, key in enumerate(cache.keys):
+        img = cv2.imread(str(root / str(key)), cv2.IMREAD_COLOR)
+        if img is None:
+            return {"skipped": f"cannot read {root / str(key)}"}
+        crops.append(crop_faces(np.asarray(img, np.uint8), cache.boxes[i][None], net.contract)[0])
+    pub, coef = net(np.stack(crops))
+    labels = [str(k) for k in cache.labels]
+    res: dict[str, Any] = {"images": cache.meta["images"], "role": "cross-dataset test set: nothing chosen on it"}
+    if pub is not None:
+        res["published"] = _metrics(pub, net.classes, labels)
+    if coef is not None and net.head is not None:
+        res["coefficient_head"] = _metrics(coef, net.head.classes, labels)
+    return res
+
+
+def _videos(
+    net_path: str, head: str | None, videos: list[Path], fps: float, threads: int, out: Path, plots: int
+) -> dict[str, Any]:
+    from ..aggregate.plot import plot_timeline
+    from ..config.settings import load_settings
+    from ..events.aggregate_schema import STREAM_TRACK, EmotionAggregate
+    from ..events.schema import FrameEvent, StreamSummary
+    from ..worker.local import run_local
+    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+
+    # the model's own output when it has one, else the coefficient head beside the model file (as PublishedEmotions)
+    model: dict[str, Any] = {"onnx": net_path, "threads": threads}
+    if head is not None and PreprocessContract.from_json(contract_path_for(net_path)).emotion_output_name is None:
+        model["emotion_head"] = head
+    settings = load_settings(None, {"model": model, "sampling": {"fps": fps}, "temporal": {"enabled": True}})
+    engine = build_engine(settings)
+    detector = build_detector(settings)
+    head = build_emotion_head(settings, engine)
+    classes = tuple(head.classes) if head is not None else ()
+    per_clip: dict[str, Any] = {}
+    total_frames = np.zeros(len(classes), np.int64)
+    total_windows: dict[str, int] = {}
+    for n, video in enumerate(videos):
+        events: list[FrameEvent | EmotionAggregate | StreamSummary] = []
+        run_local([(str(video), video.stem)], settings, detector, engine, events.append, emotion_head=head)
+        tops = np.zeros(len(classes), np.int64)
+        for ev in events:
+            if isinstance(ev, FrameEvent):
+                for f in ev.faces:
+                    if f.emotions:
+                        tops[classes.index(max(f.emotions, key=lambda k: f.emotions[k] if f.emotions else 0.0))] += 1
+        windows: dict[str, int] = {}
+        for ev in events:
+            if isinstance(ev, EmotionAggregate) and ev.track_id == STREAM_TRACK and ev.dominant_emotion:
+                windows[ev.dominant_emotion] = windows.get(ev.dominant_emotion, 0) + 1
+        total_frames += tops
+        for k, v in windows.items():
+            total_windows[k] = total_windows.get(k, 0) + v
+        per_clip[video.name] = {
+            "faces": int(tops.sum()),
+            "top_emotion_share": {
+                k: round(float(v / max(tops.sum(), 1)), 4) for k, v in zip(classes, tops, strict=True)
+            },
+            "dominant_windows": windows,
+        }
+        if n < plots:
+            plot_timeline(events, video.stem, out / f"timeline_{video.stem}.png")
+    detector.close()
+    engine.close()
+    return {
+        "sample_fps": fps,
+        "classes": list(classes),
+        "clips": per_clip,
+        "all_clips_top_emotion_share": {
+            k: round(float(v / max(total_frames.sum(), 1)), 4) for k, v in zip(classes, total_frames, strict=True)
+        },
+        "all_clips_dominant_windows": total_windows,
+        "classes_never_top": [k for k, v in zip(classes, total_frames, strict=True) if v == 0],
+    }
+
+
+def evaluate_emotions(
+    model_path: str,
+    head_path: str | None,
+    data_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    threads: int = 2,
+    video_fps: float = 10.0,
+    timeline_plots: int = 4,
+    extra_videos: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The three parts above as a dict (``report["emotions"]``); writes the confusion-matrix and timeline PNGs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = PublishedEmotions(model_path, head_path, threads)
+    report: dict[str, Any] = {
+        "published_source": net.source,
+        "classes": list(net.classes),
+        "unsupported": list(unsupported_of(net.classes)) if net.classes else list(EMOTIONS),
+    }
+    report["fer2013"] = _fer(net, Path(cache_dir))
+    report["jaffe"] = _jaffe(net, Path(data_dir), Path(cache_dir))
+    video_dir = Path(data_dir) / "videos" / "unlabeled"
+    videos = [Path(v) for v in extra_videos] + (sorted(video_dir.glob("*.mp4")) if video_dir.is_dir() else [])
+    if videos and net.classes:
+        head = str(head_path) if head_path is not None and Path(head_path).is_file() else None
+        report["videos"] = _videos(model_path, head, videos, video_fps, threads, out, timeline_plots)
+    report["plots"] = plot_confusions(report, out) + plot_video_shares(report, out)
+    return report
+
+
+def plot_video_shares(report: dict[str, Any], out: Path) -> list[str]:
+    """``emotion_videos.png``: per clip, the share of faces whose top emotion is each class (stacked bars)."""
+    vid = report.get("videos")
+    if not vid or not vid.get("clips"):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..aggregate.plot import EMOTION_COLOURS
+
+    classes = vid["classes"]
+    names = [*vid["clips"], "ALL CLIPS"]
+    shares = [[vid["clips"][n]["top_emotion_share"].get(k, 0.0) for k in classes] for n in vid["clips"]]
+    shares.append([vid["all_clips_top_emotion_share"].get(k, 0.0) for k in classes])
+    arr = np.asarray(shares)
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) + 1.6))
+    left = np.zeros(len(names))
+    for j, k in enumerate(classes):
+        ax.barh(names, arr[:, j], left=left, label=k, color=EMOTION_COLOURS.get(k))
+        left += arr[:, j]
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of faces whose top emotion is ... (sampled at {vid['sample_fps']:g} fps)")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(ncol=len(classes), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(names)))
+    ax.set_title("published emotion on the unlabelled clips (no ground truth: a check against collapse)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "emotion_videos.png", dpi=90)
+    plt.close(fig)
+    return ["emotion_videos.png"]
+
+
+def plot_confusions(report: dict[str, Any], out: Path) -> list[str]:
+    """``emotion_confusion.png``: row-normalised confusion matrices (FER2013 test, JAFFE) and per-class recall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (title, block["published"])
+        for title, block in (
+            ("FER2013 test (published output)", report.get("fer2013", {}).get("test", {})),
+            ("JAFFE, cross-dataset (published output)", report.get("jaffe", {})),
+        )
+        if "published" in block
+    ]
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2))
+    axes = np.atleast_1d(axes)
+    for ax, (title, m) in zip(axes, panels, strict=True):
+        conf = np.asarray(m["confusion"], np.float64)
+        norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        cls = m["classes"]
+        ax.set_xticks(range(len(cls)), cls, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(cls)), [f"{k} ({m['recall'].get(k, float('nan')):.0%})" for k in cls], fontsize=8)
+        for i in range(len(cls)):
+            for j in range(len(cls)):
+                if conf[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        int(conf[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true (recall)")
+        ax.set_title(
+            f"{title}\naccuracy {m['accuracy']:.1%}, balanced {m['balanced_accuracy']:.1%}, n={m['faces']}", fontsize=9
+        )
+    fig.tight_layout()
+    fig.savefig(out / "emotion_confusion.png", dpi=90)
+    plt.close(fig)
+    return ["emotion_confusion.png"]
