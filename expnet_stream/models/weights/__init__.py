@@ -1,5 +1,7 @@
 """Weights shipped with the package: the trained default ExpNet (ONNX + contract, and a torch checkpoint) and its
-emotion head. Nothing is downloaded; see ``MODEL_CARD.md`` in this folder for data, recipe and measured numbers.
+coefficient emotion head. The model's own calibrated emotion output is inside the ONNX file; ``emotion_head.npz`` is
+the fallback on the 29 coefficients. Nothing is downloaded; see ``MODEL_CARD.md`` in this folder for data, recipe and
+measured numbers.
 
 >>> default_model_path().suffix, default_model_path().is_file()
 ('.onnx', True)
@@ -20,7 +22,7 @@ __all__ = [
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_ID = "expnet_lite18.s112@lfw-videos-v1"
+DEFAULT_MODEL_ID = "expnet_lite18.s112@lfw-videos-fer2013-v1"
 
 
 def _existing(path: Path, what: str) -> Path:
@@ -40,5 +42,5 @@ def default_checkpoint_path() -> Path:
 
 
 def default_emotion_head_path() -> Path:
-    """The shipped emotion head (numpy-only): ``EmotionHead.load(default_emotion_head_path())``."""
+    """The shipped coefficient emotion head (numpy-only): ``EmotionHead.load(default_emotion_head_path())``."""
     return _existing(WEIGHTS_DIR / "emotion_head.npz", "emotion head")
