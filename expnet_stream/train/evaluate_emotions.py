@@ -159,7 +159,7 @@ def _jaffe(net: PublishedEmotions, data_dir: Path, cache_dir: Path) -> dict[str,
 
 
 def _videos(
-    net_path: str, head: str | None, videos: list[Path], fps: float, threads: int, out: Path, plots: int
+    net_path: str, head_file: str | None, videos: list[Path], fps: float, threads: int, out: Path, plots: int
 ) -> dict[str, Any]:
     from ..aggregate.plot import plot_timeline
     from ..config.settings import load_settings
@@ -170,8 +170,8 @@ def _videos(
 
     # the model's own output when it has one, else the coefficient head beside the model file (as PublishedEmotions)
     model: dict[str, Any] = {"onnx": net_path, "threads": threads}
-    if head is not None and PreprocessContract.from_json(contract_path_for(net_path)).emotion_output_name is None:
-        model["emotion_head"] = head
+    if head_file is not None and PreprocessContract.from_json(contract_path_for(net_path)).emotion_output_name is None:
+        model["emotion_head"] = head_file
     settings = load_settings(None, {"model": model, "sampling": {"fps": fps}, "temporal": {"enabled": True}})
     engine = build_engine(settings)
     detector = build_detector(settings)
@@ -245,8 +245,8 @@ def evaluate_emotions(
     video_dir = Path(data_dir) / "videos" / "unlabeled"
     videos = [Path(v) for v in extra_videos] + (sorted(video_dir.glob("*.mp4")) if video_dir.is_dir() else [])
     if videos and net.classes:
-        head = str(head_path) if head_path is not None and Path(head_path).is_file() else None
-        report["videos"] = _videos(model_path, head, videos, video_fps, threads, out, timeline_plots)
+        head_file = str(head_path) if head_path is not None and Path(head_path).is_file() else None
+        report["videos"] = _videos(model_path, head_file, videos, video_fps, threads, out, timeline_plots)
     report["plots"] = plot_confusions(report, out) + plot_video_shares(report, out)
     return report
 

@@ -350,3 +350,38 @@ def test_shipped_model_publishes_its_emotions_in_events_and_aggregates(face_vide
     aggs = [e for e in events if isinstance(e, EmotionAggregate) and e.emotions]
     assert aggs and all(set(a.emotions or {}) == set(FER_CLASSES) for a in aggs)
     assert all(a.dominant_emotion in FER_CLASSES for a in aggs)
+
+
+def test_evaluate_emotions_report_on_fer_shaped_data_and_a_real_clip(
+    tmp_path: Path, face_video: tuple[Path, list[bool]]
+) -> None:
+    """The emotion part of `evaluate` end to end on the shipped model: FER2013-shaped cache (a real face), no JAFFE
+    folder (skipped with a reason), and a real H.264 clip through the pipeline; the PNGs are written."""
+    pytest.importorskip("matplotlib", reason="the report plots need matplotlib")
+    from expnet_stream.models.weights import default_emotion_head_path, default_model_path
+    from expnet_stream.train.evaluate_emotions import evaluate_emotions
+    from expnet_stream.train.fer import build_fer_cache
+
+    build_fer_cache(
+        _fer_npz(tmp_path / "fer.npz"), tmp_path / "cache" / "faces" / "fer2013.npz", label=False, progress=False
+    )
+    path, _ = face_video
+    rep = evaluate_emotions(
+        str(default_model_path()),
+        str(default_emotion_head_path()),
+        tmp_path / "no-data",
+        tmp_path / "cache",
+        tmp_path / "out",
+        threads=1,
+        timeline_plots=1,
+        extra_videos=(str(path),),
+    )
+    assert rep["published_source"] == "model" and rep["unsupported"] == ["contempt"]
+    test = rep["fer2013"]["test"]
+    assert test["published"]["faces"] == 7 and np.asarray(test["published"]["confusion"]).sum() == 7
+    assert set(test["coefficient_head"]["recall"]) <= set(FER_CLASSES)
+    assert "skipped" in rep["jaffe"]
+    clip = rep["videos"]["clips"][path.name]
+    assert clip["faces"] > 0 and abs(sum(clip["top_emotion_share"].values()) - 1.0) < 1e-3
+    assert set(rep["plots"]) == {"emotion_confusion.png", "emotion_videos.png"}
+    assert (tmp_path / "out" / f"timeline_{path.stem}.png").is_file()
