@@ -143,6 +143,11 @@ class TorchEngine(Engine):
         )
         self.contract = contract
         self.model_id = contract.model_id
+        # With an emotion head the module returns [coefficients | calibrated emotions] as one (N, K + E) tensor, so
+        # buckets, padding and CUDA graphs handle one output as before.
+        self._emotions = _emotion_width(model, contract)
+        if self._emotions:
+            model = _joined_outputs(model, contract.emotion_temperature)
         self.buckets = tuple(buckets) if buckets is not None else default_buckets(max_batch)
         if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
             raise EngineError(f"buckets must be increasing positive batch sizes, got {self.buckets}")
@@ -178,7 +183,9 @@ class TorchEngine(Engine):
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed bucket shapes: autotune once per bucket
             self._host_in = torch.empty((self.max_batch, 3, s, s), dtype=torch.float32, pin_memory=True)
-            self._host_out = torch.empty((self.max_batch, contract.num_coeffs), dtype=torch.float32, pin_memory=True)
+            self._host_out = torch.empty(
+                (self.max_batch, contract.num_coeffs + self._emotions), dtype=torch.float32, pin_memory=True
+            )
         if warmup if warmup is not None else cuda:
             self.warmup()
         logger.info(
@@ -241,13 +248,27 @@ class TorchEngine(Engine):
 
     # -- inference -----------------------------------------------------------------------------------------------
 
+    @property
+    def has_emotion_output(self) -> bool:
+        return self._emotions > 0
+
     def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._joined(batch)[:, : self.contract.num_coeffs]
+
+    def infer_all(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        out = self._joined(batch)
+        k = self.contract.num_coeffs
+        return np.ascontiguousarray(out[:, :k]), (np.ascontiguousarray(out[:, k:]) if self._emotions else None)
+
+    def _joined(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         import torch
 
         if self._model is None:
             raise EngineError(f"engine for {self.model_id} is closed")
         x = self.check_batch(batch)
-        out = np.empty((x.shape[0], self.contract.num_coeffs), np.float32)
+        out = np.empty((x.shape[0], self.contract.num_coeffs + self._emotions), np.float32)
         with self._lock, torch.inference_mode():
             for part in self.iter_chunks(x.shape[0]):
                 out[part] = self._run(x[part])
@@ -312,3 +333,35 @@ class TorchEngine(Engine):
             self._model = None
             self._graphs.clear()
             self._inputs.clear()
+
+
+def _emotion_width(model: Any, contract: PreprocessContract) -> int:
+    """Columns of the model's emotion output the engine returns (0: none, or the contract and weights disagree)."""
+    n = len(contract.emotion_classes)
+    if contract.emotion_output_name is None or n == 0:
+        return 0
+    if getattr(model, "num_emotions", 0) != n:
+        logger.warning(
+            "contract of %s names %d emotion classes but the weights have no such head: coefficients only",
+            contract.model_id,
+            n,
+        )
+        return 0
+    return n
+
+
+def _joined_outputs(model: Any, temperature: float) -> Any:
+    """``x -> cat([coefficients, softmax(logits / temperature)], 1)``: one output tensor for buckets and graphs."""
+    import torch
+
+    from ..models.expnet import ExpNetWithEmotions
+
+    class _Joined(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = ExpNetWithEmotions(model, temperature)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat(self.inner(x), dim=1)
+
+    return _Joined().eval()

@@ -4,8 +4,8 @@ Two candidates are measured on the validation split, never on ``test``:
 
 * the **trunk head** (multi-task, inside the model) with a temperature fitted on ``val``;
 * a **coefficient head**: multinomial logistic regression on the model's own 29 coefficients of the FER2013 ``train``
-  faces (square-root class balancing), temperature fitted on ``val``. It is also shipped as the fallback for engines
-  that do not read the model's emotion output and for models without a trunk head.
+  faces (square-root class balancing), temperature fitted on ``val``. It is also shipped as the fallback for models
+  without a trunk head (and engines that would not read it).
 
 The trunk head is published (``contract.emotion_output_name``) when its ``val`` accuracy is at least the coefficient
 head's; otherwise the contract names no emotion output and the coefficient head is used.

@@ -385,3 +385,25 @@ def test_evaluate_emotions_report_on_fer_shaped_data_and_a_real_clip(
     assert clip["faces"] > 0 and abs(sum(clip["top_emotion_share"].values()) - 1.0) < 1e-3
     assert set(rep["plots"]) == {"emotion_confusion.png", "emotion_videos.png"}
     assert (tmp_path / "out" / f"timeline_{path.stem}.png").is_file()
+
+
+def test_torch_engine_returns_the_shipped_emotion_output_on_cpu() -> None:
+    """The torch engine (CPU here; CUDA buckets and graphs use the same joined output) publishes the same calibrated
+    emotions as ONNX Runtime for the shipped checkpoint."""
+    pytest.importorskip("torch", reason="the torch engine needs torch")
+    from expnet_stream.engines.onnxruntime_engine import OrtEngine
+    from expnet_stream.engines.torch_engine import TorchEngine
+    from expnet_stream.models.weights import default_checkpoint_path, default_model_path
+
+    x = np.random.default_rng(1).uniform(-100, 100, (5, 3, 112, 112)).astype(np.float32)
+    with OrtEngine(default_model_path(), intra_op_threads=1) as ref_engine:
+        ref_c, ref_p = ref_engine.infer_all(x)
+    with TorchEngine(
+        default_model_path(), checkpoint=default_checkpoint_path(), device="cpu", max_batch=4, intra_op_threads=1
+    ) as engine:
+        assert engine.has_emotion_output
+        c, p = engine.infer_all(x)
+        np.testing.assert_array_equal(engine.infer(x), c)
+    assert p is not None and ref_p is not None and p.shape == (5, 7)
+    np.testing.assert_allclose(c, ref_c, atol=2e-2)  # ONNX stores fp16 weights; the checkpoint's are cast from fp16
+    np.testing.assert_allclose(p, ref_p, atol=5e-3)
