@@ -43,6 +43,7 @@ __all__ = [
     "FER_CLASSES",
     "EmotionHead",
     "ModelEmotions",
+    "emotion_metrics",
     "expected_calibration_error",
     "fit_temperature",
     "softmax",
@@ -86,6 +87,30 @@ def expected_calibration_error(proba: npt.ArrayLike, labels: npt.ArrayLike, bins
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(ece)
+
+
+def emotion_metrics(proba: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int) -> dict[str, Any]:
+    """Accuracy, per-class recall (0 for a class without faces), balanced accuracy over the classes that have faces,
+    NLL, ECE and the confusion matrix (rows: true class, columns: predicted) of ``proba (N, C)`` against labels."""
+    p = np.asarray(proba, np.float64)
+    y = np.asarray(labels, np.int64)
+    pred = p.argmax(1)
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(conf, (y, pred), 1)
+    support = conf.sum(1)
+    recall = conf.diagonal() / np.maximum(support, 1)
+    present = support > 0
+    n = len(y)
+    return {
+        "n": int(n),
+        "accuracy": float((pred == y).mean()) if n else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "recall": [float(r) for r in recall],
+        "support": [int(s) for s in support],
+        "nll": float(-np.log(np.maximum(p[np.arange(n), y], 1e-12)).mean()) if n else float("nan"),
+        "ece": expected_calibration_error(p, y),
+        "confusion": conf.tolist(),
+    }
 
 
 def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike, *, lo: float = 0.05, hi: float = 20.0) -> float:

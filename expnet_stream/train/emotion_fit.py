@@ -20,11 +20,18 @@ from typing import Any
 import numpy as np
 
 from ..models.contract import PreprocessContract
-from ..models.emotion import FER_CLASSES, EmotionHead, expected_calibration_error, fit_temperature, softmax
+from ..models.emotion import (
+    FER_CLASSES,
+    EmotionHead,
+    emotion_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
 from .dataset import center_crops
 from .emotion_head import fit_emotion_head
 from .sources import PAPER_CROP, WIDE_CROP
-from .trainer import emotion_metrics, load_emotion_data, predict_crops_all
+from .trainer import load_emotion_data, predict_crops_all
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ..faces.crop import crop_faces
 from ..models.contract import PreprocessContract, contract_path_for
-from ..models.emotion import EMOTIONS, EmotionHead, unsupported_of
+from ..models.emotion import EMOTIONS, EmotionHead, emotion_metrics, unsupported_of
 from .dataset import center_crops
 from .sources import PAPER_CROP, WIDE_CROP, load_face_cache
 
@@ -66,29 +66,21 @@ class PublishedEmotions:
 
 
 def _metrics(proba: npt.NDArray[Any], classes: tuple[str, ...], labels: list[str]) -> dict[str, Any]:
-    """Metrics over the faces whose label is one of ``classes`` (others would count as wrong; say how many)."""
-    from ..models.emotion import expected_calibration_error
-
+    """:func:`emotion_metrics` over the faces whose label is one of ``classes`` (the others are counted apart)."""
     idx = {k: i for i, k in enumerate(classes)}
-    y = np.array([idx.get(k, -1) for k in labels])
+    y = np.array([idx.get(k, -1) for k in labels], np.int64)
     keep = y >= 0
-    p, y = proba[keep], y[keep]
-    pred = p.argmax(1)
-    conf = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(conf, (y, pred), 1)
-    support = conf.sum(1)
-    recall = conf.diagonal() / np.maximum(support, 1)
-    present = support > 0
+    m = emotion_metrics(proba[keep], y[keep], len(classes))
     return {
-        "faces": int(keep.sum()),
+        "faces": m["n"],
         "faces_with_unsupported_label": int((~keep).sum()),
-        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
-        "recall": {k: float(r) for k, r, s in zip(classes, recall, present, strict=True) if s},
-        "support": {k: int(s) for k, s in zip(classes, support, strict=True)},
-        "ece": expected_calibration_error(p, y),
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "recall": {k: r for k, r, s in zip(classes, m["recall"], m["support"], strict=True) if s},
+        "support": dict(zip(classes, m["support"], strict=True)),
+        "ece": m["ece"],
         "classes": list(classes),
-        "confusion": conf.tolist(),
+        "confusion": m["confusion"],
     }
 
 

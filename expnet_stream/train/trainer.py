@@ -208,31 +208,11 @@ def class_weights(labels: npt.NDArray[np.int64], num_classes: int, power: float)
     return w
 
 
-def emotion_metrics(proba: npt.NDArray[Any], labels: npt.NDArray[np.int64], num_classes: int) -> dict[str, Any]:
-    """Accuracy, per-class recall, balanced accuracy, NLL and the confusion matrix (rows: true, cols: predicted)."""
-    from ..models.emotion import expected_calibration_error
-
-    pred = proba.argmax(1)
-    conf = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(conf, (labels, pred), 1)
-    recall = conf.diagonal() / np.maximum(conf.sum(1), 1)
-    nll = float(-np.log(np.maximum(proba[np.arange(len(labels)), labels], 1e-12)).mean())
-    return {
-        "n": len(labels),
-        "accuracy": float((pred == labels).mean()),
-        "balanced_accuracy": float(recall.mean()),
-        "recall": [float(r) for r in recall],
-        "nll": nll,
-        "ece": expected_calibration_error(proba, labels),
-        "confusion": conf.tolist(),
-    }
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model``; returns the summary also written to ``<out>/summary.json``."""
     import torch
 
-    from ..models.emotion import FER_CLASSES, softmax
+    from ..models.emotion import FER_CLASSES, emotion_metrics, softmax
     from ..models.registry import create_model, load_checkpoint, save_checkpoint
     from .dataset import center_crops, degrade_face_scale
 
