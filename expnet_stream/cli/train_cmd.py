@@ -96,20 +96,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from ..models.registry import load_checkpoint, save_checkpoint
+    from ..models import light as _light  # noqa: F401  (registers the light variants)
+    from ..models.registry import load_checkpoint
     from ..models.weights import WEIGHTS_DIR
     from ..train.emotion_fit import fit_emotion_outputs
-    from ..train.ship import ship_checkpoint
+    from ..train.ship import ship_model
 
     out = Path(args.out) if args.out else WEIGHTS_DIR
     model, contract = load_checkpoint(args.checkpoint)
     # Choose and calibrate the emotion output on FER2013 val; the coefficient head is shipped beside it as fallback.
     contract, head, emotion_info = fit_emotion_outputs(model, contract, _cache_dir(args))
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(Path(tmp) / "calibrated.pt", model, contract)
-        info = ship_checkpoint(ckpt, out, fp16=not args.fp32, weights_tag=args.weights_tag)
+    info = ship_model(model, contract, out, fp16=not args.fp32, weights_tag=args.weights_tag)
     head.save(out / "emotion_head.npz")
     info["emotion_head"] = str(out / "emotion_head.npz")
     info["emotion_selection"] = emotion_info

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..models.contract import contract_path_for
+from ..models.contract import PreprocessContract, contract_path_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ship_checkpoint", "to_fp16_storage"]
+__all__ = ["ship_checkpoint", "ship_model", "to_fp16_storage"]
 
 FP16_SAFE_MAX = 60000.0  # initializers with larger magnitudes stay float32
 
@@ -65,7 +65,24 @@ def ship_checkpoint(
     fp16: bool = True,
     weights_tag: str | None = None,
 ) -> dict[str, Any]:
-    """Export ``checkpoint`` to ``<out_dir>/<model_id>.onnx`` (+ ``.contract.json``) and ``<model_id>.pt``.
+    """:func:`ship_model` of the model and contract in ``checkpoint``."""
+    from ..models import light as _light  # noqa: F401  (registers the light variants)
+    from ..models.registry import load_checkpoint
+
+    model, contract = load_checkpoint(checkpoint)
+    return ship_model(model, contract, out_dir, atol=atol, fp16=fp16, weights_tag=weights_tag)
+
+
+def ship_model(
+    model: Any,
+    contract: PreprocessContract,
+    out_dir: str | os.PathLike[str],
+    *,
+    atol: float = 2e-2,
+    fp16: bool = True,
+    weights_tag: str | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` to ``<out_dir>/<model_id>.onnx`` (+ ``.contract.json``) and ``<model_id>.pt``.
 
     ``weights_tag`` renames the weights (the contract's ``weights`` field, part of the model id).
     """
@@ -76,7 +93,6 @@ def ship_checkpoint(
     from ..models.export import export_onnx
     from ..models.registry import load_checkpoint, save_checkpoint
 
-    model, contract = load_checkpoint(checkpoint)
     if weights_tag:
         contract = contract.model_copy(update={"weights": weights_tag})
     out = Path(out_dir)

@@ -274,11 +274,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     train_set = FaceRegressionData(wide_train, packed, seed=cfg.seed, augment=cfg.augment, crop_size=crop)
     val_crops = center_crops(data.wide[va_idx], crop)
     val_targets = data.targets[va_idx]
-    mean_bgr = tuple(
-        float(v) for v in center_crops(data.wide[tr_idx[:: max(1, tr_idx.size // 2000)]], crop).reshape(-1, 3).mean(0)
+    # A warm-started trunk keeps the input centring it was trained with.
+    mean_bgr = (
+        warm_contract.mean_bgr
+        if warm_contract is not None
+        else tuple(
+            float(v)
+            for v in center_crops(data.wide[tr_idx[:: max(1, tr_idx.size // 2000)]], crop).reshape(-1, 3).mean(0)
+        )
     )
-    if warm_contract is not None:
-        mean_bgr = warm_contract.mean_bgr  # the warm-started trunk was trained on inputs centred this way
     tag = cfg.weights_tag or f"mp478-lfw-videos-seed{cfg.seed}"
     contract = contract.model_copy(update={"mean_bgr": mean_bgr, "basis_id": cfg.basis_id, "weights": tag})
     logger.info(
@@ -386,11 +390,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
                 score = m["accuracy"]
         rec["seconds"] = time.perf_counter() - t0
         history.append(rec)
-        logger.info("epoch done %s", " ".join(f"{k}={v:.4g}" for k, v in rec.items()))
+        line = " ".join(f"{k}={v:.4g}" for k, v in rec.items())
+        logger.info("epoch done %s", line)
         if progress:  # one line per epoch in the log a person tails, whatever the log level
             from tqdm import tqdm
 
-            tqdm.write("epoch done " + " ".join(f"{k}={v:.4g}" for k, v in rec.items()))
+            tqdm.write(f"epoch done {line}")
         # best.pt: lowest coefficient val loss, or highest FER2013 val accuracy when training emotions.
         if -score < best:
             best = -score
