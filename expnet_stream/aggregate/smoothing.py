@@ -184,6 +184,13 @@ class TrackSmoother:
             if r is not None:
                 self._free.append(r)
 
+    def rename(self, mapping: dict[int, int]) -> None:
+        """Give tracks new ids (``old -> new``; a takeover restoring the previous owner's ids)."""
+        rows = {mapping.get(tid, tid): r for tid, r in self._row.items()}
+        if len(rows) != len(self._row):
+            raise ValueError(f"renaming {mapping} merges tracks")
+        self._row = rows
+
     def clear(self) -> None:
         """Forget every track."""
         self.drop(list(self._row))

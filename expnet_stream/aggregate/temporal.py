@@ -141,6 +141,25 @@ class StreamTemporal:
         closed = self.windows.on_frame(stream_id, pts_time, ids, raw, emotions) if self.settings.windows else []
         return TemporalResult(ids.copy(), smoothed, closed)
 
+    def mark_resumed(self, stream_id: str) -> None:
+        """The stream is picked up mid-way: see :meth:`WindowAggregator.mark_resumed`."""
+        self.windows.mark_resumed(stream_id)
+
+    def next_track_id(self, stream_id: str) -> int:
+        tracker = self._trackers.get(stream_id)
+        return 0 if tracker is None else tracker.next_id
+
+    def rename_tracks(self, stream_id: str, mapping: dict[int, int], next_id: int) -> None:
+        """Rename the stream's track ids everywhere (tracker, smoother, open windows); new tracks start at
+        ``next_id`` or above. Used by a taker-over to restore the previous owner's ids."""
+        tracker = self._trackers.get(stream_id)
+        if tracker is not None:
+            tracker.rename(mapping, next_id)
+        sm = self._smoothers.get(stream_id)
+        if sm is not None:
+            sm.rename(mapping)
+        self.windows.rename_tracks(stream_id, mapping)
+
     # ---------------------------------------------------------------- lifecycle
     def on_end(self, stream_id: str) -> list[EmotionAggregate]:
         """End of stream: close its windows (``closed_by="end_of_stream"``) and drop its tracker and smoother."""

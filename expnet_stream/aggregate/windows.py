@@ -141,6 +141,8 @@ class _Stream:
     next_close_us: float = math.inf
     last: dict[int, F64] = field(default_factory=dict)  # track -> its latest coefficients (arrival order)
     origin_us: int = 0  # no window starts before it (rounded down to a step); see the module docstring
+    resumed: bool = False  # taken over mid-stream: windows starting before the first frame seen are partial
+    first_us: int | None = None
 
 
 class WindowAggregator:
@@ -195,6 +197,31 @@ class WindowAggregator:
             for tid in track_ids:
                 st.last.pop(int(tid), None)
 
+    def mark_resumed(self, stream_id: str) -> None:
+        """The stream is picked up mid-way (a takeover, or a stream whose start never arrived): windows that began
+        before its first frame seen here are published with ``partial=True`` and their ``coverage``."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            st = self._streams[stream_id] = _Stream()
+        if st.max_us is None:
+            st.resumed = True
+
+    def rename_tracks(self, stream_id: str, mapping: dict[int, int]) -> None:
+        """Rename track ids (``old -> new``) in the stream's open windows and track memory."""
+        st = self._streams.get(stream_id)
+        if st is None or not mapping:
+            return
+        st.last = {mapping.get(t, t): v for t, v in st.last.items()}
+        opened: dict[tuple[int, int, int], _Window] = {}
+        for (si, tid, k), w in st.open.items():
+            new = mapping.get(tid, tid) if tid != STREAM_TRACK else tid
+            w.track_id = new
+            w.tracks = {mapping.get(t, t): ts for t, ts in w.tracks.items()}
+            opened[(si, new, k)] = w
+        if len(opened) != len(st.open):
+            raise ValueError(f"renaming {mapping} merges track windows")
+        st.open = opened
+
     def watermark(self, stream_id: str) -> float | None:
         """The stream's watermark in seconds (None before its first frame)."""
         st = self._streams.get(stream_id)
@@ -239,6 +266,9 @@ class WindowAggregator:
             return []
         if st.max_us is None:
             st.origin_us = t_us - self.lateness_us if t_us < 0 else max(0, t_us - self.lateness_us)
+            if st.resumed:  # every window holding the first frame exists; those begun earlier are partial
+                st.origin_us = -(2**62)
+            st.first_us = t_us
         st.max_us = t_us if st.max_us is None else max(st.max_us, t_us)
         self._add(st, t_us, ids, c, emo)
         return self._close_due(stream_id, st)
@@ -349,6 +379,11 @@ class WindowAggregator:
         start = w.k * spec.step_us / _US
         end = (w.k * spec.step_us + spec.size_us) / _US
         first = w.first_us / _US
+        partial, coverage = False, 1.0
+        start_us = w.k * spec.step_us
+        if st.resumed and st.first_us is not None and start_us < st.first_us - self.lateness_us:
+            partial = True
+            coverage = min(1.0, max(0.0, (start_us + spec.size_us - st.first_us) / spec.size_us))
         if w.faces:
             mean = w.s / w.faces
             std = np.sqrt(np.clip(w.sq / w.faces - mean * mean, 0.0, None))
@@ -387,6 +422,8 @@ class WindowAggregator:
             model_id=self.model_id,
             publish_time=self.clock(),
             closed_by=reason,
+            partial=partial,
+            coverage=round(coverage, 6),
         )
 
 

@@ -64,6 +64,10 @@ class TopicSettings(_Section):
     expressions: str = Field("expnet.expressions", description="per-frame expression events")
     emotions: str = Field("expnet.emotions", description="temporal emotion aggregates")
     dlq: str = Field("expnet.dlq", description="dead-letter topic")
+    state: str = Field(
+        "expnet.worker-state",
+        description="worker state for takeovers (track ids of open streams); partitioned like the input topic",
+    )
     input_partitions: int = Field(4, ge=1, description="partitions when the worker or demo creates the input topic")
 
 
@@ -107,6 +111,22 @@ class BatchSettings(_Section):
     max_wait_ms: float = Field(40.0, ge=0, description="longest a face waits for its batch to fill")
 
 
+class IdleSettings(_Section):
+    """A stream that falls silent without ``stream_end`` (ingester crash, network cut) is closed, so it never pins
+    its partition's commits or holds a decoder: the worker writes an idle ``stream_end`` marker into the input
+    partition (so a replay after a takeover sees the same end), then flushes the decoder, closes the windows,
+    publishes the ``stream_summary`` (``end_reason: idle``) and frees the state. A packet of the stream that
+    arrives later starts it afresh at its next keyframe."""
+
+    enabled: bool = Field(True, description="close silent streams")
+    stream_s: float = Field(
+        30.0, gt=0, description="idle once the partition's newest capture_time is this far past the stream's last one"
+    )
+    wall_s: float = Field(
+        60.0, gt=0, description="idle after this long without a packet while the partition is caught up (no lag)"
+    )
+
+
 class SamplingSettings(_Section):
     fps: float | None = Field(None, gt=0, description="frames per second to process per stream; None = every frame")
 
@@ -128,6 +148,13 @@ class WorkerSettings(BaseSettings):
     sampling: SamplingSettings = SamplingSettings()
     temporal: TemporalSettings = TemporalSettings()
     ops: OpsSettings = OpsSettings()
+    idle: IdleSettings = IdleSettings()
+    track_state_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="how often (wall time) the worker records a stream's track ids in its input partition, so a "
+        "worker taking the partition over keeps them; keep it under the longest aggregate window",
+    )
     commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")

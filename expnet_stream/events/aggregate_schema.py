@@ -34,8 +34,11 @@ class EmotionAggregate(_Event):
     the coefficients within tracks, ``1 - min(1, MSSD / (2 * variance))`` (von Neumann ratio: 1 for
     slowly changing or constant coefficients, 0 for frame-to-frame changes as large as white noise);
     ``None`` when no track has 3 faces in the window.
+
+    Version 2 adds ``partial`` and ``coverage`` (a version-1 aggregate reads as complete, coverage 1).
     """
 
+    v: int = Field(2, description="schema version of this message")
     type: Literal["emotion_aggregate"] = "emotion_aggregate"
     event_id: str = Field(
         description="deterministic id from stream, track, window kind/size/step/start, first frame time and model: "
@@ -67,6 +70,14 @@ class EmotionAggregate(_Event):
     model_id: str
     publish_time: float = Field(description="unix time (s) the worker published this event")
     closed_by: ClosedBy = Field(description="why the window closed: watermark passed, end of stream, or revoke")
+    partial: bool = Field(
+        False,
+        description="True when the worker did not see the start of the window's span: it took the stream over "
+        "mid-window and could not rebuild the window from replay (frames before its first one are missing)",
+    )
+    coverage: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of the window's span the worker saw the stream for (1.0 unless partial)"
+    )
 
     @field_validator("coeff_mean", "coeff_std")
     @classmethod

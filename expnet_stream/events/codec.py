@@ -77,16 +77,19 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for kind, model in EVENT_TYPES.items():
         schema = model.model_json_schema()
-        schema["$id"] = f"https://expnet-stream/schemas/v1/{kind}.json"
+        version = model.model_fields["v"].default
+        schema["$id"] = f"https://expnet-stream/schemas/v{version}/{kind}.json"
         schema["description"] = (schema.get("description") or "") + (
             "\n\nWire format: a msgpack map with these keys; 'bytes' fields (format 'binary') are msgpack bin."
         )
-        out[f"{kind}.v1.json"] = schema
+        out[f"{kind}.v{version}.json"] = schema
     return out
 
 
 def write_json_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Write the JSON Schemas into ``directory`` (the copies shipped in the repository)."""
+    """Write the JSON Schemas into ``directory`` (the copies shipped in the repository).
+
+    A type's older versions keep their files there: readers still accept them."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, schema in json_schemas().items():

@@ -16,12 +16,36 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
+"""Version of the message types unchanged since the first release; a type that changed carries its own (e.g.
+:class:`StreamSummary` is version 2) in its ``v`` default."""
 #: Versions this release can read. A change of the contract is a new version; old ones stay readable.
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({1, 2})
 NUM_COEFFS = 29
 COEFF_DTYPE = np.dtype("<f4")
 
-TimeBase = Annotated[tuple[int, int], Field(description="time base as [numerator, denominator]; seconds = pts * n / d")]
+# Limits every numeric input field is validated against at the schema, so hostile values get a precise reason
+# (the dead-letter ``detail`` names the field) instead of failing deep in the decoder.
+MAX_DIMENSION = 16384
+"""Largest frame width or height accepted (16K)."""
+MAX_TIMESTAMP = 2**62
+"""Largest |pts| / |dts| accepted (FFmpeg's int64, with headroom for the decoder's arithmetic)."""
+MAX_EXTRADATA_BYTES = 1024 * 1024
+"""Largest codec extradata accepted (real avcC/hvcC records are under a few KiB)."""
+MAX_TIME_BASE = 2**31 - 1
+"""Largest numerator or denominator of a time base or frame rate (FFmpeg's AVRational is int32)."""
+
+IDLE = "idle"
+"""``StreamEnd.reason`` of the marker a worker writes into the input topic for a stream that fell silent."""
+
+_Positive32 = Annotated[int, Field(gt=0, le=MAX_TIME_BASE)]
+TimeBase = Annotated[
+    tuple[_Positive32, _Positive32],
+    Field(description="time base as [numerator, denominator], both positive; seconds = pts * n / d"),
+]
+Timestamp = Annotated[int, Field(ge=-MAX_TIMESTAMP, le=MAX_TIMESTAMP)]
+Dimension = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]
+UnixTime = Annotated[float, Field(allow_inf_nan=False)]
+CodecName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class _Event(BaseModel):
@@ -35,16 +59,20 @@ class StreamStart(_Event):
 
     type: Literal["stream_start"] = "stream_start"
     stream_id: str = Field(min_length=1, max_length=256, description="stream id; also the Kafka message key")
-    codec: str = Field(description="FFmpeg codec name of the packets, e.g. 'h264'")
-    width: int = Field(ge=0)
-    height: int = Field(ge=0)
+    codec: CodecName = Field(description="FFmpeg codec name of the packets, e.g. 'h264'")
+    width: Dimension
+    height: Dimension
     time_base: TimeBase
-    frame_rate: tuple[int, int] | None = Field(None, description="average frame rate as [num, den], if known")
-    extradata: bytes | None = Field(None, description="codec extradata (e.g. avcC) for decoders")
+    frame_rate: tuple[_Positive32, _Positive32] | None = Field(
+        None, description="average frame rate as [num, den], if known"
+    )
+    extradata: bytes | None = Field(
+        None, max_length=MAX_EXTRADATA_BYTES, description="codec extradata (e.g. avcC) for decoders"
+    )
     source: str = Field(
         "", description="where the ingester read the stream from (file name or URL, credentials removed)"
     )
-    sent_time: float = Field(description="unix time (s) when the ingester sent this message")
+    sent_time: UnixTime = Field(description="unix time (s) when the ingester sent this message")
 
 
 class VideoPacket(_Event):
@@ -52,17 +80,19 @@ class VideoPacket(_Event):
 
     type: Literal["packet"] = "packet"
     stream_id: str = Field(min_length=1, max_length=256)
-    seq: int = Field(ge=0, description="packet sequence number within the stream, from 0, in decode order")
-    pts: int | None = Field(description="presentation timestamp in time_base units")
-    dts: int | None = Field(description="decode timestamp in time_base units")
+    seq: int = Field(
+        ge=0, lt=MAX_TIMESTAMP, description="packet sequence number within the stream, from 0, in decode order"
+    )
+    pts: Timestamp | None = Field(description="presentation timestamp in time_base units")
+    dts: Timestamp | None = Field(description="decode timestamp in time_base units")
     time_base: TimeBase
     keyframe: bool
-    codec: str
-    extradata: bytes | None = Field(None, description="codec extradata; set on keyframes")
-    width: int = Field(ge=0)
-    height: int = Field(ge=0)
+    codec: CodecName
+    extradata: bytes | None = Field(None, max_length=MAX_EXTRADATA_BYTES, description="codec extradata; on keyframes")
+    width: Dimension
+    height: Dimension
     data: bytes = Field(description="the encoded packet bytes")
-    capture_time: float = Field(description="unix time (s) when the packet entered the pipeline (ingest)")
+    capture_time: UnixTime = Field(description="unix time (s) when the packet entered the pipeline (ingest)")
 
 
 class StreamEnd(_Event):
@@ -70,9 +100,34 @@ class StreamEnd(_Event):
 
     type: Literal["stream_end"] = "stream_end"
     stream_id: str = Field(min_length=1, max_length=256)
-    packets: int = Field(ge=0, description="number of packets the ingester sent for this stream")
-    reason: str = Field("eof", description="'eof', or why the ingester stopped")
-    sent_time: float
+    packets: int = Field(ge=0, le=MAX_TIMESTAMP, description="number of packets the ingester sent for this stream")
+    reason: str = Field(
+        "eof",
+        max_length=2000,
+        description="'eof'; or why the stream stopped: 'stopped', 'interrupted', 'terminated', 'error: ...' from the "
+        "ingester, 'idle' when a worker closed a silent stream (then ``packets`` is the last packet seq it saw + 1)",
+    )
+    sent_time: UnixTime
+
+
+class TrackState(_Event):
+    """Control record a worker writes into the input partition it owns: the face tracks of one stream after a frame.
+
+    A worker that takes the partition over finds the last one before the committed position, replays from a
+    keyframe before that frame, and renames the tracks it rebuilds to these ids, so track ids survive a
+    takeover. Not an ingester message; other readers of the input topic skip it.
+    """
+
+    type: Literal["track_state"] = "track_state"
+    stream_id: str = Field(min_length=1, max_length=256)
+    frame_seq: int = Field(ge=0, description="frame_seq of the frame these tracks are the state after")
+    pts_time: float = Field(allow_inf_nan=False, description="that frame's pts_time")
+    tracks: list[tuple[int, float, float, float, float]] = Field(
+        max_length=1024, description="[track id, x1, y1, x2, y2] of the frame's tracked faces"
+    )
+    next_id: int = Field(ge=0, description="the id the stream's next new track gets")
+    worker_id: str
+    sent_time: UnixTime
 
 
 class Face(BaseModel):
@@ -139,8 +194,12 @@ class FrameEvent(_Event):
 
 
 class StreamSummary(_Event):
-    """Published on the expressions topic after a stream's end-of-stream marker was processed."""
+    """Published on the expressions topic after a stream's end-of-stream marker was processed.
 
+    Version 2 adds ``end_reason``; a version-1 summary reads with ``end_reason="eof"``.
+    """
+
+    v: int = Field(2, description="schema version of this message")
     type: Literal["stream_summary"] = "stream_summary"
     event_id: str
     stream_id: str
@@ -152,6 +211,11 @@ class StreamSummary(_Event):
     faces: int = Field(ge=0)
     model_id: str
     publish_time: float
+    end_reason: str = Field(
+        "eof",
+        description="why the stream ended: the reason of its stream_end ('eof', 'interrupted', 'error: ...'), or "
+        "'idle' when the worker closed it after the idle timeout",
+    )
 
 
 class DeadLetter(_Event):
@@ -173,12 +237,13 @@ class DeadLetter(_Event):
 
 InputMessage = StreamStart | VideoPacket | StreamEnd
 OutputMessage = FrameEvent | StreamSummary
-AnyEvent = StreamStart | VideoPacket | StreamEnd | FrameEvent | StreamSummary | DeadLetter
+AnyEvent = StreamStart | VideoPacket | StreamEnd | TrackState | FrameEvent | StreamSummary | DeadLetter
 
 EVENT_TYPES: dict[str, type[_Event]] = {
     "stream_start": StreamStart,
     "packet": VideoPacket,
     "stream_end": StreamEnd,
+    "track_state": TrackState,
     "frame": FrameEvent,
     "stream_summary": StreamSummary,
     "dead_letter": DeadLetter,

@@ -183,6 +183,22 @@ class FaceTracker:
         """Ids of the confirmed live tracks."""
         return [int(i) for i in self._ids if i >= 0]
 
+    @property
+    def next_id(self) -> int:
+        """The id the next confirmed track gets."""
+        return self._next_id
+
+    def rename(self, mapping: dict[int, int], next_id: int) -> None:
+        """Give live tracks new ids (``old -> new``) and continue numbering at ``next_id`` or above.
+
+        A worker taking a stream over rebuilds the tracks by replay and then renames them to the ids the
+        previous owner published, so ids survive the takeover."""
+        self._ids = np.array([mapping.get(int(i), int(i)) if i >= 0 else -1 for i in self._ids], np.int64)
+        live = [int(i) for i in self._ids if i >= 0]
+        if len(set(live)) != len(live):
+            raise ValueError(f"renaming {mapping} merges tracks")
+        self._next_id = max(next_id, max(live, default=-1) + 1)
+
     def _predicted(self, pts_time: float) -> F64:
         dt = np.clip(pts_time - self._t, 0.0, None)[:, None]
         pred: F64 = self._x + self._v * dt

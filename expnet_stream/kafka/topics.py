@@ -19,13 +19,22 @@ log = logging.getLogger(__name__)
 def ensure_topics(
     kafka: KafkaSettings, topics: TopicSettings, *, output_partitions: int | None = None, timeout_s: float = 15.0
 ) -> None:
-    """Create the input, expressions, emotions and dead-letter topics when missing."""
-    wanted = {
-        topics.input: topics.input_partitions,
-        topics.expressions: output_partitions or topics.input_partitions,
-        topics.emotions: output_partitions or topics.input_partitions,
-        topics.dlq: 1,
-    }
+    """Create the input, expressions, emotions, dead-letter and worker-state topics when missing."""
+    create_topics(
+        kafka,
+        {
+            topics.input: topics.input_partitions,
+            topics.state: topics.input_partitions,
+            topics.expressions: output_partitions or topics.input_partitions,
+            topics.emotions: output_partitions or topics.input_partitions,
+            topics.dlq: 1,
+        },
+        timeout_s=timeout_s,
+    )
+
+
+def create_topics(kafka: KafkaSettings, wanted: dict[str, int], *, timeout_s: float = 15.0) -> None:
+    """Create the topics of ``wanted`` (name -> partitions) that are missing; raise BrokerError if it cannot."""
     deadline = time.monotonic() + timeout_s
     last_exc: Exception | None = None
     while time.monotonic() < deadline:

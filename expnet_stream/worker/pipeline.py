@@ -30,12 +30,14 @@ from ..engines.base import Engine
 from ..errors import DecodeError
 from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import (
+    IDLE,
     NUM_COEFFS,
     Face,
     FrameEvent,
     StreamEnd,
     StreamStart,
     StreamSummary,
+    TrackState,
     VideoPacket,
     frame_event_id,
     pack_coeffs,
@@ -99,7 +101,15 @@ class StreamState:
     outstanding: list[tuple[float, Source]] = field(default_factory=list)
     # pts of replayed packets: their frames were emitted by a previous owner
     replay_pts: set[int] = field(default_factory=set)
-    sampled_index: int = 0  # sampled frames seen, for detect-every-n
+    # idle detection (the worker closes a stream that falls silent)
+    last_seen: float = field(default_factory=time.monotonic)  # monotonic time of its last input message
+    last_capture: float = 0.0  # capture_time of its last packet
+    last_seq: int = -1  # highest packet seq seen
+    idle_marker_sent: bool = False
+    # track ids across takeovers: the previous owner's last track state (restored during replay), and ours
+    carry: TrackState | None = None
+    checkpoint: TrackState | None = None
+    checkpoint_sent_at: float = 0.0
 
 
 @dataclass
@@ -122,6 +132,7 @@ class _Work:
     tracked: bool = False  # track ids assigned at detection time (detect-every-n)
     predicted: bool = False  # boxes predicted by the tracker, not detected
     after: list[Source] = field(default_factory=list)  # control sources finished together with this entry
+    released: list[Source] | None = None  # sources _finish took from the stream's outstanding list
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -137,6 +148,9 @@ Emit = Callable[[FrameEvent | StreamSummary | EmotionAggregate, list[Source]], N
 """Receives an output event and the input sources that are finished once it is acknowledged."""
 Done = Callable[[list[Source]], None]
 """Receives sources finished without an output event (control messages, replayed frames)."""
+Fail = Callable[[Source, str, str, str], None]
+"""Receives a source whose frame could not be processed: (source, reason code, detail, stream id). The frame gets no
+event; the caller dead-letters the source (by pointer) and counts it done."""
 
 
 class Pipeline:
@@ -157,8 +171,18 @@ class Pipeline:
         temporal: StreamTemporal | None = None,
         observer: PipelineObserver | None = None,
         emotion_head: EmotionClassifier | None = None,
+        fail: Fail | None = None,
+        max_streams: int | None = None,
+        worker_id: str = "",
     ) -> None:
         self.detector = detector
+        self.fail = fail
+        self.max_streams = max_streams
+        self.worker_id = worker_id
+        #: last track states of streams a takeover replays (from the rewind scan), by stream id
+        self.carried: dict[str, TrackState] = {}
+        #: newest packet capture_time per input partition ("stream time" for idle detection)
+        self.partition_time: dict[int, float] = {}
         self.emotion_head = emotion_head
         self.engine = engine
         self.contract = engine.contract
@@ -174,6 +198,8 @@ class Pipeline:
         self._queue: deque[_Work] = deque()
         # tracking, smoothing and window aggregates; keyed by stream id, owned by one StreamState at a time
         self.temporal = temporal
+        # replayed frames rebuild tracks, smoothing and open windows (detect + infer, nothing published)
+        self.rebuild = temporal is not None and temporal.settings.enabled
         self._temporal_owner: dict[str, StreamState] = {}
         self._queued_faces = 0
 
@@ -186,10 +212,18 @@ class Pipeline:
         """
         if isinstance(msg, StreamStart):
             old = self.streams.get(msg.stream_id)
+            held: list[Source] = []
             if old is not None:
                 log.info("stream=%s restarted; closing the previous decoder", msg.stream_id)
                 self._enqueue_frames(old, old.decoder.flush(), msg.sent_time, source, replay)
+                held = [s for _, s in old.outstanding]  # packets that gave no frame: finished with this start
+                old.outstanding.clear()
+            else:
+                self._check_capacity(msg.stream_id)
             self.streams[msg.stream_id] = self._new_state(msg.stream_id, source.partition)
+            self.carried.pop(msg.stream_id, None)
+            for src in held:
+                self._after_control(src)
             self._after_control(source)
         elif isinstance(msg, VideoPacket):
             self._handle_packet(msg, source, replay)
@@ -199,10 +233,23 @@ class Pipeline:
     def _new_state(self, stream_id: str, partition: int) -> StreamState:
         return StreamState(stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads))
 
-    def _state(self, stream_id: str, partition: int) -> StreamState:
+    def _check_capacity(self, stream_id: str) -> None:
+        if self.max_streams is not None and len(self.streams) >= self.max_streams:
+            raise DecodeError(
+                f"stream {stream_id}: {len(self.streams)} streams are open (max_streams); it waits until one ends or "
+                "idles out",
+                "too_many_streams",
+            )
+
+    def _state(self, stream_id: str, partition: int, seq: int | None = None) -> StreamState:
+        """The stream's state; a stream met mid-way (no stream_start: a takeover) is marked resumed."""
         state = self.streams.get(stream_id)
         if state is None:
+            self._check_capacity(stream_id)
             state = self.streams[stream_id] = self._new_state(stream_id, partition)
+            state.carry = self.carried.pop(stream_id, None)
+            if self.temporal is not None and seq != 0:
+                self.temporal.mark_resumed(stream_id)
         return state
 
     def _after_control(self, source: Source) -> None:
@@ -213,8 +260,15 @@ class Pipeline:
             self.done([source])
 
     def _handle_packet(self, pkt: VideoPacket, source: Source, replay: bool) -> None:
-        state = self._state(pkt.stream_id, source.partition)
+        state = self._state(pkt.stream_id, source.partition, pkt.seq)
         state.counters.packets += 1
+        state.last_seen = time.monotonic()
+        # capture_time is the producer's clock: one from the future (a skewed or hostile producer) must not make
+        # every other stream of the partition look silent, so it counts as at most a minute ahead of ours
+        capture = min(pkt.capture_time, time.time() + 60.0)
+        state.last_capture = max(state.last_capture, capture)
+        self.partition_time[source.partition] = max(self.partition_time.get(source.partition, 0.0), capture)
+        state.last_seq = max(state.last_seq, pkt.seq)
         fresh = state.decoder.waiting_for_keyframe
         try:
             with self.stages.time("decode"):
@@ -235,6 +289,14 @@ class Pipeline:
         self._enqueue_frames(state, frames, pkt.capture_time, source, replay)
 
     def _handle_end(self, end: StreamEnd, source: Source, replay: bool) -> None:
+        if end.reason == IDLE:  # written by a worker that found the stream silent
+            live = self.streams.get(end.stream_id)
+            if live is None or live.last_seq >= end.packets:  # gone already, or revived since: ignore
+                if live is not None:
+                    live.idle_marker_sent = False
+                self._after_control(source)
+                return
+            log.info("stream=%s idle after packet seq=%d: closing it", end.stream_id, end.packets - 1)
         state = self._state(end.stream_id, source.partition)
         with self.stages.time("decode"):
             frames = state.decoder.flush()
@@ -271,7 +333,7 @@ class Pipeline:
                     obs.frame_replayed(source.partition)
                 elif not sampled:
                     obs.frame_skipped(source.partition)
-            if sampled and not replayed:
+            if sampled and (not replayed or self.rebuild):
                 dets = self._detect(state, frame, work)
                 if self.observer is not None and len(dets):
                     self.observer.faces(len(dets))
@@ -288,14 +350,15 @@ class Pipeline:
         if t is None or not t.settings.tracker.enabled or t.settings.tracker.detect_every_n <= 1:
             with self.stages.time("detect"):
                 return self.detector.detect(frame.image)
-        index = state.sampled_index
-        state.sampled_index += 1
+        # the sampling slot (or frame index) picks the detection frames, so a replay picks the same ones
+        index = state.last_slot if self.sample_fps is not None and state.last_slot is not None else work.frame_seq
         work.tracked = True
         pts_time = float(frame.pts_time)
         if t.detect_due(index):
             with self.stages.time("detect"):
                 dets = self.detector.detect(frame.image)
-            return t.track(state.stream_id, pts_time, dets)
+            dets = t.track(state.stream_id, pts_time, dets)
+            return self._maybe_restore_ids(state, work.frame_seq, dets)
         work.predicted = True
         return t.predict(state.stream_id, pts_time)
 
@@ -339,6 +402,24 @@ class Pipeline:
             take.append(self._queue.popleft())
             faces += nxt.n_faces
         self._queued_faces -= faces
+        try:
+            coeffs, probs = self._infer(take)
+        except Exception as exc:  # isolate the frame that fails; never stop the worker
+            log.warning(
+                "batch of %d frames failed (%s: %s); retrying frame by frame", len(take), type(exc).__name__, exc
+            )
+            return sum(self._run_one(work) for work in take)
+        emitted = 0
+        row = 0
+        for work in take:
+            n = work.n_faces
+            emitted += self._finish_guarded(
+                work, coeffs[row : row + n], None if probs is None else probs[row : row + n]
+            )
+            row += n
+        return emitted
+
+    def _infer(self, take: list[_Work]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         coeffs = np.zeros((0, NUM_COEFFS), np.float32)
         probs: npt.NDArray[np.float32] | None = None
         crops = [w.crops for w in take if w.crops is not None]
@@ -348,15 +429,46 @@ class Pipeline:
                 coeffs, model_probs = self.engine.infer_all(batch)
                 if self.emotion_head is not None:
                     probs = self.emotion_head.predict_proba(coeffs, model_probs)
+            if coeffs.shape != (len(batch), NUM_COEFFS):
+                raise ValueError(f"engine returned shape {coeffs.shape} for a batch of {len(batch)}")
             if self.observer is not None:
                 self.observer.batch(len(batch))
-        emitted = 0
-        row = 0
-        for work in take:
-            n = work.n_faces
-            emitted += self._finish(work, coeffs[row : row + n], None if probs is None else probs[row : row + n])
-            row += n
-        return emitted
+        return coeffs, probs
+
+    def _run_one(self, work: _Work) -> int:
+        """A frame of a failed batch on its own: a second failure dead-letters it (never retried forever)."""
+        try:
+            coeffs, probs = self._infer([work])
+        except Exception as exc:
+            self._failed(work, "infer_error", exc)
+            return 0
+        return self._finish_guarded(work, coeffs, probs)
+
+    def _finish_guarded(
+        self, work: _Work, coeffs: npt.NDArray[np.float32], probs: npt.NDArray[np.float32] | None
+    ) -> int:
+        try:
+            return self._finish(work, coeffs, probs)
+        except Exception as exc:
+            self._failed(work, "finish_error", exc)
+            return 0
+
+    def _failed(self, work: _Work, reason: str, exc: BaseException) -> None:
+        """The frame gets no event: dead-letter its packet (by pointer) and release what it held."""
+        state = work.stream
+        detail = f"{type(exc).__name__}: {exc}"
+        log.warning("stream=%s frame pts=%s failed (%s): %s", state.stream_id, work.pts, reason, detail)
+        if self.fail is None:
+            raise exc
+        released = work.released if work.released is not None else self._release(state, work.pts) + work.after
+        if work.end is not None:
+            released += [s for _, s in state.outstanding] + [work.source]
+            state.outstanding.clear()
+            if self.streams.get(state.stream_id) is state:
+                del self.streams[state.stream_id]
+        self.fail(work.source, reason, detail, state.stream_id)
+        if released:
+            self.done(released)
 
     def _finish(
         self, work: _Work, coeffs: npt.NDArray[np.float32], probs: npt.NDArray[np.float32] | None = None
@@ -364,11 +476,13 @@ class Pipeline:
         state = work.stream
         if work.end is not None:
             return self._finish_stream(work)
-        released = self._release(state, work.pts) + work.after
+        released = work.released = self._release(state, work.pts) + work.after
         if work.replay:
             state.counters.frames_replayed += 1
             if work.pts is not None:
                 state.replay_pts.discard(work.pts)
+            if self.rebuild and work.sampled:
+                self._temporal_frame(work, coeffs, probs, publish=False)
         if work.replay or not work.sampled:
             if released:
                 self.done(released)
@@ -401,9 +515,17 @@ class Pipeline:
         return emitted + 1
 
     def _temporal_frame(
-        self, work: _Work, coeffs: npt.NDArray[np.float32], probs: npt.NDArray[np.float32] | None = None
+        self,
+        work: _Work,
+        coeffs: npt.NDArray[np.float32],
+        probs: npt.NDArray[np.float32] | None = None,
+        *,
+        publish: bool = True,
     ) -> tuple[int, npt.NDArray[np.float32] | None]:
-        """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients."""
+        """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients.
+
+        ``publish=False`` (a replayed frame) rebuilds the state only: the previous owner published what it closed.
+        """
         if self.temporal is None:  # pragma: no cover - guarded by the caller
             return 0, None
         state = work.stream
@@ -423,11 +545,78 @@ class Pipeline:
             track=not work.tracked,
         )
         work.dets = Detections(dets.xyxy, dets.score, res.track_ids)
+        if not work.tracked:
+            work.dets = self._maybe_restore_ids(state, work.frame_seq, work.dets)
         aggs += res.aggregates
+        if not publish:
+            return 0, None
         for agg in aggs:
             self.emit(agg, [])
+        if self.temporal.settings.tracker.enabled:
+            tracked = work.dets.track_id >= 0
+            state.checkpoint = TrackState(
+                stream_id=sid,
+                frame_seq=work.frame_seq,
+                pts_time=work.pts_time,
+                tracks=[
+                    (int(i), *(float(v) for v in box))
+                    for i, box in zip(work.dets.track_id[tracked], work.dets.xyxy[tracked], strict=True)
+                ],
+                next_id=self.temporal.next_track_id(sid),
+                worker_id=self.worker_id,
+                sent_time=0.0,
+            )
         smoothing = self.temporal.settings.smoothing.kind != "none"
         return len(aggs), (res.smoothed if smoothing else None)
+
+    def _maybe_restore_ids(self, state: StreamState, frame_seq: int, dets: Detections) -> Detections:
+        """At the frame of the previous owner's last track state (met in replay), rename the rebuilt tracks to
+        its ids, so the tracks it published keep their ids and new tracks continue its numbering."""
+        carry = state.carry
+        if carry is None or self.temporal is None or frame_seq < carry.frame_seq:
+            return dets
+        state.carry = None
+        sid = state.stream_id
+        if frame_seq > carry.frame_seq:
+            log.warning("stream=%s: replay missed the frame of the last track state; track ids restart", sid)
+            return dets
+        fresh_ids = [int(i) for i in dets.track_id]
+        mapping: dict[int, int] = {}
+        if carry.tracks and len(dets):
+            from ..faces.tracker import iou_matrix
+
+            carried = np.array([t[1:] for t in carry.tracks], np.float64)
+            iou = iou_matrix(dets.xyxy, carried)
+            for i, fid in enumerate(fresh_ids):
+                j = int(np.argmax(iou[i]))
+                if fid >= 0 and iou[i, j] >= 0.5 and carry.tracks[j][0] not in mapping.values():
+                    mapping[fid] = int(carry.tracks[j][0])
+        # Rebuilt tracks the previous owner did not report at that frame (ended, or coasting): both trackers number
+        # tracks in the same confirmation order, so the replay's newest ids line up with the owner's newest ones.
+        fresh_next = self.temporal.next_track_id(sid)
+        shift = carry.next_id - fresh_next
+        used = set(mapping.values())
+        next_id = carry.next_id
+        for fid in range(fresh_next):
+            if fid in mapping:
+                continue
+            new = fid + shift
+            if new < 0 or new in used:
+                new = max(next_id, max(used, default=-1) + 1)
+                next_id = new + 1
+            mapping[fid] = new
+            used.add(new)
+        self.temporal.rename_tracks(sid, mapping, next_id)
+        log.info("stream=%s: restored %d track id(s) of the previous owner", sid, len(carry.tracks))
+
+        def remap(d: Detections) -> Detections:
+            ids = np.array([mapping.get(int(i), int(i)) if i >= 0 else -1 for i in d.track_id], np.int64)
+            return Detections(d.xyxy, d.score, ids)
+
+        for queued in self._queue:  # frames tracked at detection time, not finished yet
+            if queued.stream is state and queued.dets is not None and queued.tracked:
+                queued.dets = remap(queued.dets)
+        return remap(dets)
 
     def close_windows(self, partitions: set[int]) -> int:
         """Close and emit the open aggregate windows of streams on ``partitions`` (``closed_by="revoke"``).
@@ -473,6 +662,7 @@ class Pipeline:
             faces=c.faces,
             model_id=self.engine.model_id,
             publish_time=time.time(),
+            end_reason=end.reason,
         )
         self.emit(summary, sources)
         return 1
@@ -535,6 +725,8 @@ class Pipeline:
         gone = [sid for sid, st in self.streams.items() if st.partition in partitions]
         for sid in gone:
             del self.streams[sid]
+        for p in partitions:
+            self.partition_time.pop(p, None)
         return gone
 
     @property

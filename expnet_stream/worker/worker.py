@@ -32,12 +32,21 @@ from ..engines.base import Engine
 from ..errors import BrokerError, DecodeError, SchemaError
 from ..events.aggregate_schema import EmotionAggregate
 from ..events.codec import decode, encode
-from ..events.schema import DeadLetter, FrameEvent, StreamEnd, StreamStart, StreamSummary, VideoPacket
+from ..events.schema import (
+    IDLE,
+    DeadLetter,
+    FrameEvent,
+    StreamEnd,
+    StreamStart,
+    StreamSummary,
+    VideoPacket,
+)
 from ..faces.detector import FaceDetector
+from ..kafka.topics import create_topics
 from ..ops import WorkerHealth, WorkerMetrics, partition_lag
 from .offsets import OffsetTracker
 from .pipeline import EmotionClassifier, Pipeline, Source
-from .resume import find_rewind
+from .resume import Rewind, RewindScans
 from .runtime import make_temporal
 from .stages import StageTimes
 
@@ -55,6 +64,8 @@ class WorkerStats:
     dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     commits: int = 0
     rewinds: int = 0
+    idle_closed: int = 0
+    track_states: int = 0
     pauses: int = 0
     started: float = field(default_factory=time.time)
 
@@ -122,10 +133,14 @@ class Worker:
         self._trackers: dict[int, OffsetTracker] = defaultdict(OffsetTracker)
         self._acked_pending: list[Source] = []
         self._futures: list[Any] = []
+        self._best_effort: list[Any] = []
         self._replay_until: dict[int, int] = {}
         self._pending_assign: set[int] = set()
         self._paused: set[TopicPartition] = set()
         self._in_txn = False
+        self._record_stream: str | None = None
+        self._committed: dict[int, int] = {}  # partition -> highest offset committed (or found committed)
+        self._commit_failed = False
         self._last_commit = time.monotonic()
         self.last_tick = time.monotonic()
         self.pipeline = Pipeline(
@@ -140,10 +155,20 @@ class Worker:
             temporal=make_temporal(settings, engine, emotion_head),
             observer=self.metrics,
             emotion_head=emotion_head,
+            fail=self._fail_source,
+            max_streams=settings.max_streams,
+            worker_id=settings.worker_id,
         )
+        self._next_idle_check = 0.0
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
         self._kafka_kwargs = common
+        t = settings.temporal
+        horizon = 0.0
+        if t.enabled and t.windows:  # replay rebuilds every window open at the commit from its first frame
+            horizon = max(w.size_s for w in t.windows) + t.allowed_lateness_s
+        self.scans = RewindScans(common, horizon_s=horizon, state_topic=settings.topics.state)
+        self._scanning: set[int] = set()
         exactly_once = settings.delivery == "exactly_once"
         try:
             self.producer = KafkaProducer(
@@ -179,13 +204,19 @@ class Worker:
             self.health.set_broker_reachable(False)
             raise BrokerError(f"cannot connect to Kafka at {kafka.bootstrap}: {exc}") from exc
         self.consumer.subscribe([settings.topics.input], listener=_Rebalance(self))
+        self._state_topic_ok = self._ensure_state_topic()
 
     # ---------------------------------------------------------------- producing
-    def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, *, required: bool = True
+    ) -> None:
+        """Send one record; a ``required`` one must be acknowledged before the next commit (else the worker stops
+        without committing), a best-effort one (worker state) only logs its failure."""
         if self.settings.delivery == "exactly_once" and not self._in_txn:
             self.producer.begin_transaction()
             self._in_txn = True
-        self._futures.append(self.producer.send(topic, key=key, value=value))
+        future = self.producer.send(topic, key=key, value=value, partition=partition)
+        (self._futures if required else self._best_effort).append(future)
 
     def _emit(self, event: FrameEvent | StreamSummary | EmotionAggregate, sources: list[Source]) -> None:
         if isinstance(event, EmotionAggregate):
@@ -211,35 +242,53 @@ class Worker:
         self._acked_pending.extend(sources)
 
     def _dead_letter(self, record: Any, reason: str, detail: str, stream_id: str | None = None) -> None:
-        source = Source(record.partition, record.offset)
-        if record.offset < self._replay_until.get(record.partition, -1):
+        """Dead-letter an input record with its original bytes (up to ``dlq_max_value_bytes``)."""
+        self._send_dead_letter(
+            Source(record.partition, record.offset), reason, detail, stream_id, key=record.key, value=record.value
+        )
+
+    def _fail_source(self, source: Source, reason: str, detail: str, stream_id: str) -> None:
+        """A frame failed after its record was consumed (inference, publishing): dead-letter the record by pointer."""
+        self._send_dead_letter(source, reason, detail, stream_id, key=stream_id.encode(), value=None)
+
+    def _send_dead_letter(
+        self,
+        source: Source,
+        reason: str,
+        detail: str,
+        stream_id: str | None,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        topic = self.settings.topics.input
+        if source.offset < self._replay_until.get(source.partition, -1):
             self._acked_pending.append(source)  # the previous owner dead-lettered it already
             return
-        value: bytes | None = record.value
         size = len(value) if value is not None else 0
         if size > self.settings.dlq_max_value_bytes:
             value = None  # the pointer (topic, partition, offset) stays
         letter = DeadLetter(
             reason=reason,
             detail=detail[:2000],
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            key=record.key,
+            source_topic=topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            key=key,
             value=value,
             value_size=size,
             stream_id=stream_id,
             worker_id=self.settings.worker_id,
             time=time.time(),
         )
-        self._send(self.settings.topics.dlq, record.key, encode(letter))
+        self._send(self.settings.topics.dlq, key, encode(letter))
         self.stats.dead_letters[reason] += 1
         self.metrics.dead_letter(reason)
         log.warning(
             "dead-lettered topic=%s partition=%d offset=%d reason=%s detail=%s",
-            record.topic,
-            record.partition,
-            record.offset,
+            topic,
+            source.partition,
+            source.offset,
             reason,
             detail[:200],
         )
@@ -247,13 +296,28 @@ class Worker:
 
     # ---------------------------------------------------------------- input
     def handle_record(self, record: Any) -> None:
-        """Decode, validate and process one input record; bad input goes to the dead-letter topic."""
+        """Decode, validate and process one input record; whatever fails goes to the dead-letter topic.
+
+        Nothing a record carries can stop the worker: schema violations get their precise reason, a decoder
+        error its own, and any other exception while handling the record (sampling, detection, cropping, the
+        temporal stage) is dead-lettered as ``processing_error`` with the exception; the worker goes on.
+        """
         p, offset = record.partition, record.offset
         replay = offset < self._replay_until.get(p, -1)
         self.stats.records += 1
         self.stats.records_replayed += int(replay)
         self.metrics.record(p)
         self._trackers[p].consumed(offset)
+        self._record_stream = None
+        try:
+            self._handle_record(record, replay)
+        except DecodeError as exc:
+            self._dead_letter(record, exc.reason, str(exc), self._record_stream)
+        except Exception as exc:  # one record must never stop the worker
+            log.exception("partition=%d offset=%d: unexpected error while handling the record", p, offset)
+            self._dead_letter(record, "processing_error", f"{type(exc).__name__}: {exc}", self._record_stream)
+
+    def _handle_record(self, record: Any, replay: bool) -> None:
         if record.value is None:
             self._dead_letter(record, "empty_value", "record has no value (tombstone)")
             return
@@ -268,14 +332,12 @@ class Worker:
         if not isinstance(msg, StreamStart | VideoPacket | StreamEnd):
             self._dead_letter(record, "wrong_topic", f"{type(msg).__name__} does not belong on the input topic")
             return
+        self._record_stream = msg.stream_id
         key = record.key.decode(errors="replace") if record.key is not None else None
         if key is not None and key != msg.stream_id:
             self._dead_letter(record, "key_mismatch", f"key {key!r} != stream_id {msg.stream_id!r}", msg.stream_id)
             return
-        try:
-            self.pipeline.handle(msg, Source(p, offset), replay=replay)
-        except DecodeError as exc:
-            self._dead_letter(record, exc.reason, str(exc), msg.stream_id)
+        self.pipeline.handle(msg, Source(record.partition, record.offset), replay=replay)
 
     # ---------------------------------------------------------------- commits
     def _acknowledged_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -284,6 +346,14 @@ class Worker:
             self.producer.flush()
         failed = [f for f in self._futures if f.failed()]
         self._futures.clear()
+        lost = [f for f in self._best_effort if f.failed()]
+        self._best_effort = [f for f in self._best_effort if not f.is_done]
+        if lost:
+            log.warning(
+                "%d worker-state record(s) not stored (%r): a takeover may renumber tracks",
+                len(lost),
+                lost[0].exception,
+            )
         if failed:
             self._acked_pending.clear()
             self.health.set_broker_reachable(False)
@@ -300,9 +370,11 @@ class Worker:
             pos = tracker.committable()
             if pos is None:
                 continue
-            offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, "", -1)
             if pos >= self._replay_until.get(partition, -1):
-                self._replay_until.pop(partition, None)
+                self._replay_until.pop(partition, None)  # the replay is over
+            if pos <= self._committed.get(partition, -1):
+                continue  # never move the group offset backwards (a replay starts below the commit)
+            offsets[TopicPartition(self.settings.topics.input, partition)] = OffsetAndMetadata(pos, "", -1)
         return offsets
 
     def commit(self, force: bool = False) -> None:
@@ -311,23 +383,112 @@ class Worker:
         if not force and (now - self._last_commit) * 1000 < self.settings.commit_interval_ms:
             return
         self._last_commit = now
-        if not self._acked_pending and not self._futures and not force:
+        self._write_track_states()
+        if not self._acked_pending and not self._futures and not force and not self._commit_failed:
             return
         offsets = self._acknowledged_offsets()
         if not offsets:
+            self._commit_failed = False
             return
         try:
             if self.settings.delivery == "exactly_once":
                 self._commit_transaction(offsets)
             else:
                 self.consumer.commit(offsets)
-            self.stats.commits += 1
-            self.metrics.commit()
-            self.health.set_broker_reachable(True)
         except KafkaError as exc:
+            self._commit_failed = True  # retried at the next interval even if no new record arrives
             self.metrics.commit(ok=False)
             self.health.set_broker_reachable(False)
-            log.warning("offset commit failed (retried at the next commit): %s", exc)
+            log.warning("offset commit failed (retried in %.0f ms): %s", self.settings.commit_interval_ms, exc)
+            return
+        self._committed_offsets(offsets)
+        self.stats.commits += 1
+        self.metrics.commit()
+        self.health.set_broker_reachable(True)
+
+    def _committed_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        self._commit_failed = False
+        for tp, om in offsets.items():
+            self._committed[tp.partition] = max(self._committed.get(tp.partition, -1), om.offset)
+
+    def _ensure_state_topic(self) -> bool:
+        """The worker-state topic exists (created like the input topic if missing); without it (no rights to create
+        topics) track ids restart on takeover, and the worker says so once, here."""
+        t = self.settings
+        if not (t.temporal.enabled and t.temporal.tracker.enabled):
+            return False
+        try:
+            if self.consumer.partitions_for_topic(t.topics.state):
+                return True
+            parts = self.consumer.partitions_for_topic(t.topics.input) or set()
+            create_topics(t.kafka, {t.topics.state: max(len(parts), t.topics.input_partitions)}, timeout_s=5.0)
+            return True
+        except (KafkaError, BrokerError) as exc:
+            log.warning("worker-state topic %s unavailable (%s): track ids restart on takeover", t.topics.state, exc)
+            return False
+
+    def _write_track_states(self) -> None:
+        """Record each stream's newest track ids in the worker-state topic (at most every track_state_interval_s).
+
+        Keyed by stream id; a worker taking a partition over reads the state topic's tail (see :mod:`.resume`)."""
+        if not self._state_topic_ok:
+            return
+        now = time.monotonic()
+        for state in self.pipeline.streams.values():
+            cp = state.checkpoint
+            if cp is None or now - state.checkpoint_sent_at < self.settings.track_state_interval_s:
+                continue
+            if state.partition not in self.assigned or state.partition in self._replay_until:
+                continue
+            msg = cp.model_copy(update={"sent_time": time.time()})
+            self._send(self.settings.topics.state, cp.stream_id.encode(), encode(msg), required=False)
+            state.checkpoint = None
+            state.checkpoint_sent_at = now
+            self.stats.track_states += 1
+
+    def _check_idle(self) -> None:
+        """Close streams that fell silent: write an idle ``stream_end`` marker into their input partition."""
+        idle = self.settings.idle
+        now = time.monotonic()
+        if not idle.enabled or now < self._next_idle_check:
+            return
+        self._next_idle_check = now + min(1.0, idle.wall_s / 4, idle.stream_s / 4)
+        caught_up: dict[int, bool] = {}
+        for sid, state in list(self.pipeline.streams.items()):
+            p = state.partition
+            if state.idle_marker_sent or p not in self.assigned or p in self._replay_until or p in self._scanning:
+                continue
+            stream_gap = self.pipeline.partition_time.get(p, 0.0) - state.last_capture
+            silent = state.last_seq >= 0 and stream_gap > idle.stream_s
+            if not silent and now - state.last_seen > idle.wall_s:
+                if p not in caught_up:
+                    caught_up[p] = self._caught_up(p)
+                silent = caught_up[p]
+            if not silent:
+                continue
+            state.idle_marker_sent = True
+            try:
+                marker = StreamEnd(stream_id=sid, packets=state.last_seq + 1, reason=IDLE, sent_time=time.time())
+            except ValueError as exc:  # cannot happen with validated input; never let it stop the worker
+                log.error("stream=%s: cannot write its idle marker: %s", sid, exc)
+                continue
+            self._send(self.settings.topics.input, sid.encode(), encode(marker), partition=p)
+            self.stats.idle_closed += 1
+            log.warning(
+                "stream=%s silent (%.1f s of stream time, %.1f s wall) after packet seq=%d: closing it as idle",
+                sid,
+                stream_gap,
+                now - state.last_seen,
+                state.last_seq,
+            )
+
+    def _caught_up(self, partition: int) -> bool:
+        tp = TopicPartition(self.settings.topics.input, partition)
+        try:
+            high = self.consumer.highwater(tp)
+            return high is not None and self.consumer.position(tp, timeout_ms=1000) >= high
+        except (KafkaError, AssertionError, TypeError):
+            return False
 
     def _commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         if not self._in_txn:
@@ -341,6 +502,7 @@ class Worker:
             self._commit_transaction(offsets)
         else:
             await self.consumer.commit_async(offsets)
+        self._committed_offsets(offsets)
         self.stats.commits += 1
         self.metrics.commit()
 
@@ -360,7 +522,10 @@ class Worker:
         for p in parts:
             self._trackers.pop(p, None)
             self._replay_until.pop(p, None)
+            self._committed.pop(p, None)
         self._paused = {tp for tp in self._paused if tp.partition not in parts}
+        self.scans.cancel(parts)
+        self._scanning -= parts
         self.assigned -= parts
         self._pending_assign -= parts
         self._assignment_changed()
@@ -374,23 +539,43 @@ class Worker:
         self.health.set_assigned(len(self.assigned))
 
     def _resolve_assignments(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """New partitions: seek back to the keyframes the open streams need (replaying up to the commit)."""
+        """New partitions: pause each one with a commit and scan for its rewind point off the poll loop."""
         for p in sorted(self._pending_assign):
             tp = TopicPartition(self.settings.topics.input, p)
             fetched = batches.pop(tp, [])
             committed = self.consumer.committed(tp)
-            target = fetched[0].offset if fetched else None
             if committed is not None and committed >= 0:
-                target = committed
-                rewind = find_rewind(self._kafka_kwargs, tp, committed)
-                if rewind is not None and rewind < committed:
-                    target = rewind
-                    self._replay_until[p] = committed
-                    self.stats.rewinds += 1
-                    log.info("partition=%d: replaying offsets %d..%d to resume decoders", p, rewind, committed)
-            if target is not None:
-                self.consumer.seek(tp, target)
+                self._committed[p] = committed
+                self.consumer.seek(tp, committed)  # drops what was fetched; the scan decides where to read
+                self.consumer.pause(tp)
+                self._scanning.add(p)
+                self.scans.start(tp, committed)
+            elif fetched:
+                self.consumer.seek(tp, fetched[0].offset)
         self._pending_assign.clear()
+
+    def _finish_scans(self) -> None:
+        """Partitions whose rewind scan is done: seek back to the rewind point (replay up to the commit), resume."""
+        for p, committed, rewind in self.scans.finished():
+            if p not in self._scanning or p not in self.assigned:
+                continue
+            self._scanning.discard(p)
+            tp = TopicPartition(self.settings.topics.input, p)
+            target = committed
+            if rewind.offset is not None and rewind.offset < committed:
+                target = rewind.offset
+                self._replay_until[p] = committed
+                self.stats.rewinds += 1
+                log.info("partition=%d: replaying offsets %d..%d to resume decoders and windows", p, target, committed)
+            self._restore(rewind)
+            self.consumer.seek(tp, target)
+            if tp not in self._paused:
+                self._resume(tp)
+
+    def _restore(self, rewind: Rewind) -> None:
+        self.pipeline.carried.update(rewind.states)
+        if not rewind.complete:
+            log.warning("rewind scan incomplete: windows of some streams will be published as partial")
 
     def _backpressure(self) -> None:
         """Pause the partitions that fill the queue when it is over budget; resume when it has drained."""
@@ -408,7 +593,7 @@ class Worker:
                     "backpressure: %d frames queued; paused partitions=%s", queued, sorted(t.partition for t in new)
                 )
         elif self._paused and queued <= limit // 2:
-            self.consumer.resume(*self._paused)
+            self._resume(*self._paused)
             log.info("backpressure: drained; resumed partitions=%s", sorted(t.partition for t in self._paused))
             self._paused.clear()
 
@@ -424,6 +609,22 @@ class Worker:
             for partition, lag in partition_lag(self.consumer, self.consumer.assignment()).items():
                 m.lag(partition, lag)
 
+    def _resume(self, *partitions: TopicPartition) -> None:
+        """Resume paused partitions and drop what the fetcher parked for them while paused.
+
+        kafka-python (3.0) parks records fetched for a paused partition and restores them only while no other
+        partition's records are in line, which on a busy consumer is never; until then it does not fetch the
+        partition at all, so a resumed partition could stall for good. The parked records were never returned
+        (the position did not move past them), so dropping them loses nothing: they are fetched again.
+        """
+        self.consumer.resume(*partitions)
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        for tp in partitions:
+            for name in ("_paused_partition_records", "_paused_completed_fetches"):
+                parked = getattr(fetcher, name, None)
+                if isinstance(parked, dict):
+                    parked.pop(tp, None)
+
     @property
     def paused(self) -> set[int]:
         return {tp.partition for tp in self._paused}
@@ -437,6 +638,10 @@ class Worker:
         batches = self.consumer.poll(timeout_ms=timeout, max_records=self.settings.kafka.max_poll_records)
         if self._pending_assign:
             self._resolve_assignments(batches)
+        for tp in [tp for tp in batches if tp.partition in self._scanning]:
+            del batches[tp]  # fetched before the pause took effect; re-read after the seek
+        if self._scanning:
+            self._finish_scans()
         n = 0
         for tp in sorted(batches, key=lambda t: t.partition):
             for record in batches[tp]:
@@ -446,6 +651,7 @@ class Worker:
                     self.pipeline.pump()
         self.pipeline.pump(force=n == 0)
         self._backpressure()
+        self._check_idle()
         self.commit()
         self._observe()
         return n
@@ -483,6 +689,7 @@ class Worker:
     def close(self) -> None:
         """Leave the group (the revoke listener drains and commits) and close the clients."""
         self.health.set_draining()
+        self.scans.close()
         try:
             self.consumer.close()
         finally:

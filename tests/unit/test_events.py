@@ -107,7 +107,7 @@ def test_round_trip(event: object) -> None:
     data = encode(event)  # type: ignore[arg-type]
     assert decode(data) == event
     raw = msgpack.unpackb(data)
-    assert raw["v"] == 1 and raw["type"] == event.type  # type: ignore[attr-defined]
+    assert raw["v"] == type(event).model_fields["v"].default and raw["type"] == event.type  # type: ignore[attr-defined]
 
 
 def test_coefficients_are_packed_little_endian_float32() -> None:
@@ -123,7 +123,7 @@ def test_coefficients_are_packed_little_endian_float32() -> None:
     [
         (b"\xc1garbage", "not a msgpack"),
         (msgpack.packb([1, 2]), "expected a msgpack map"),
-        (msgpack.packb({"v": 2, "type": "packet"}), "unknown schema version 2"),
+        (msgpack.packb({"v": 3, "type": "packet"}), "unknown schema version 3"),
         (msgpack.packb({"type": "packet"}), "unknown schema version None"),
         (msgpack.packb({"v": 1, "type": "nope"}), "unknown message type"),
         (msgpack.packb({"v": 1, "type": "packet", "stream_id": "a"}), "invalid packet message"),
@@ -162,7 +162,7 @@ def test_exported_json_schemas_are_current_and_validate_real_messages() -> None:
         assert json.loads(path.read_text()) == schema, f"{path} is stale: run `expnet-stream schema`"
     # a reader with plain msgpack + JSON Schema accepts our messages (bytes shown as JSON strings here)
     for ev in EXAMPLES:
-        schema = json.loads((SCHEMA_DIR / f"{ev.type}.v1.json").read_text())
+        schema = json.loads((SCHEMA_DIR / f"{ev.type}.v{ev.v}.json").read_text())
         jsonschema.validate(json.loads(json.dumps(to_jsonable(ev) if ev.type != "frame" else _b64_faces(ev))), schema)
 
 

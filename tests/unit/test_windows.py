@@ -221,7 +221,7 @@ def test_emotion_aggregate_model_roundtrip_and_schema() -> None:
     a.on_frame("s", 0.0, [0], face(0.5), [[0.1, 0.8, 0.1]])
     (ev,) = a.flush("s")
     obj = msgpack.unpackb(encode(ev), raw=False)
-    assert obj["v"] == 1 and obj["type"] == "emotion_aggregate" and isinstance(obj["coeff_mean"], bytes)
+    assert obj["v"] == 2 and obj["type"] == "emotion_aggregate" and isinstance(obj["coeff_mean"], bytes)
     assert EmotionAggregate.model_validate(obj) == ev
     schema = EmotionAggregate.model_json_schema()
     assert "coeff_mean" in schema["properties"] and schema["properties"]["type"]["const"] == "emotion_aggregate"
