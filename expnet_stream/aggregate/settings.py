@@ -37,7 +37,27 @@ class TrackerSettings(_Section):
     max_misses: int = Field(5, ge=0, description="frames a track may go undetected (coasting) before it ends")
     min_hits: int = Field(1, ge=1, description="detections before a track gets an id (faces before get -1)")
     detect_every_n: int = Field(
-        1, ge=1, description="run the detector on every n-th sampled frame and carry tracks in between"
+        3,
+        ge=1,
+        description="run the detector on every n-th sampled frame (a full-frame pass that finds new faces) and carry "
+        "tracks in between; with n > 1 it also runs when a trigger below fires",
+    )
+    redetect_on_keyframe: bool = Field(
+        True,
+        description="detect on the first sampled frame of each keyframe and re-anchor the tracks there (cuts are often "
+        "keyframes; a replay after a takeover starts at one, so it rebuilds the same boxes)",
+    )
+    redetect_at_edge: bool = Field(
+        True, description="detect when a visible track's predicted box crosses the frame edge"
+    )
+    redetect_below_score: float = Field(
+        0.6, ge=0.0, le=1.0, description="detect when a visible track's last detection scored below this"
+    )
+    scene_cut_threshold: float = Field(
+        20.0,
+        ge=0.0,
+        description="detect when the mean absolute difference of 64x36 grey thumbnails to the previous sampled "
+        "frame exceeds this (0-255; 0 disables); consecutive frames of 12 real clips differ by at most 18",
     )
 
 

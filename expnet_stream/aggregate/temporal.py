@@ -87,12 +87,13 @@ class StreamTemporal:
         return sm
 
     # ---------------------------------------------------------------- tracking at detection time (optional)
-    def track(self, stream_id: str, pts_time: float, dets: Detections) -> Detections:
-        """Assign track ids to a frame's detections (call at detection time; then ``on_frame(..., track=False)``)."""
+    def track(self, stream_id: str, pts_time: float, dets: Detections, *, anchor: bool = False) -> Detections:
+        """Assign track ids to a frame's detections (call at detection time; then ``on_frame(..., track=False)``);
+        ``anchor``: see :meth:`FaceTracker.update`."""
         if not self.settings.tracker.enabled:
             return dets
         tracker = self._tracker(stream_id)
-        out = tracker.update(dets, pts_time)
+        out = tracker.update(dets, pts_time, anchor=anchor)
         if tracker.ended:
             self._smoother(stream_id).drop(tracker.ended)
             self.windows.forget_tracks(stream_id, tracker.ended)
@@ -107,8 +108,25 @@ class StreamTemporal:
         return tracker.predict(pts_time)
 
     def detect_due(self, frame_index: int) -> bool:
-        """Whether the detector should run on the stream's ``frame_index``-th sampled frame."""
+        """Whether the schedule runs the detector on the stream's ``frame_index``-th sampled frame."""
         return frame_index % self.settings.tracker.detect_every_n == 0
+
+    def weak_tracks(self, stream_id: str, pts_time: float, width: int, height: int) -> bool:
+        """Whether a visible track needs a detection now: its last score is below ``redetect_below_score``, or its
+        predicted box reaches past the frame edge (``redetect_at_edge``: a face leaving, the prediction would drift
+        off it)."""
+        tracker = self._trackers.get(stream_id)
+        if tracker is None:
+            return False
+        pred = tracker.predict(pts_time)
+        if len(pred) == 0:
+            return False
+        if bool((pred.score < self.settings.tracker.redetect_below_score).any()):
+            return True
+        if not self.settings.tracker.redetect_at_edge:
+            return False
+        x = pred.xyxy
+        return bool(((x[:, 0] < 0) | (x[:, 1] < 0) | (x[:, 2] > width) | (x[:, 3] > height)).any())
 
     # ---------------------------------------------------------------- per frame
     def on_frame(

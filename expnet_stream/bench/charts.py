@@ -203,6 +203,22 @@ def chart_ab(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def chart_detection(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    s = result["summary"]
+    names = list(s["frames_per_s"])
+    vals = [s["frames_per_s"][n] or 0 for n in names]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.barh(names, vals, color="#4c72b0")
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("frames/s through `run` (median)")
+    r = s.get("speedup_default_vs_before")
+    ax.set_title(f"detection: default/before = {r:.2f}x — {_subtitle(result)}" if r else "detection", fontsize=9)
+    return _save(fig, path)
+
+
 CHARTS = {
     "engine": chart_engine,
     "pipeline": chart_pipeline,
@@ -211,4 +227,5 @@ CHARTS = {
     "landmarks": chart_landmarks,
     "scaling": chart_scaling,
     "bottlenecks": chart_ab,
+    "detection": chart_detection,
 }

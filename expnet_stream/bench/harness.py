@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ..client import Subscriber
-from ..config.settings import WorkerSettings, load_settings
+from ..config.settings import DetectorSettings, WorkerSettings, load_settings
 from ..errors import ExpNetError
 from ..events.codec import encode
 from ..events.schema import FrameEvent, StreamSummary
@@ -111,10 +111,10 @@ def worker_overrides(
     max_batch: int = 16,
     max_wait_ms: float = 40.0,
     sample_fps: float | None = None,
-    detector: str = "yuface",
+    detector: str | None = None,
     detector_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Worker settings of a benchmark run (fast group joins, no metrics server)."""
+    """Worker settings of a benchmark run (fast group joins, no metrics server); ``detector`` None = the default."""
     return {
         "group_id": f"{prefix}-workers",
         "kafka": {
@@ -130,7 +130,7 @@ def worker_overrides(
             "dlq": f"{prefix}.dlq",
             "input_partitions": partitions,
         },
-        "detector": {"name": detector, "options": detector_options or {}},
+        "detector": {"name": detector or DetectorSettings().name, "options": detector_options or {}},
         "model": {"onnx": str(onnx), "engine": "onnxruntime", "threads": threads},
         "batch": {"max_batch": max_batch, "max_wait_ms": max_wait_ms},
         "sampling": {"fps": sample_fps},

@@ -1,7 +1,8 @@
 """Scenario ``pipeline``: end-to-end faces/s and frames/s through the real broker, next to the bare engine.
 
 N streams of the real face video are ingested as fast as possible into the embedded broker; one worker process
-(the production :class:`~expnet_stream.worker.worker.Worker`, default settings: yuface, ONNX Runtime on all cores,
+(the production :class:`~expnet_stream.worker.worker.Worker`, default settings: the default detector and detection
+schedule, ONNX Runtime on all cores,
 cross-stream batches of 16) turns them into events that a subscriber reads back. Throughput is counted from the
 worker's first handled record to the last event's publish time. In the same run, before and after each pipeline
 run, the bare engine processes the same kind of crops (the video's faces, cut by the same detector and crop rule)
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..aggregate.settings import TrackerSettings
+from ..config.settings import DetectorSettings
 from ..engines import create_engine
 from .common import Progress, cpu_count, median, new_result, ratio
 from .data import (
@@ -114,7 +117,8 @@ def run(
         "max_wait_ms": 40.0,
         "engine": "onnxruntime",
         "intra_op_threads": threads,
-        "detector": "yuface",
+        "detector": DetectorSettings().name,
+        "detect_every_n": TrackerSettings().detect_every_n,
         "workers": 1,
         "ingest": "as fast as possible (messages encoded before the run)",
         "worker_env": worker_env or {},

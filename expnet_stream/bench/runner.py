@@ -22,6 +22,7 @@ SCENARIOS: dict[str, str] = {
     "landmarks": "per-face cost: ExpNet vs MediaPipe labeller vs dlib-68 + 3DMM expression fit, same crops",
     "scaling": "streams per worker until it falls behind at 5 fps sampling; 1 vs 2 worker processes",
     "bottlenecks": "A/B pipeline runs of candidate fixes (OpenMP wait policy, detector size, ORT threads)",
+    "detection": "`run` on the clip: previous defaults vs the detector on every frame vs tracker-driven detection",
 }
 ALL = ("engine", "pipeline", "decode", "latency", "landmarks", "scaling")
 """What ``bench all`` runs (``bottlenecks`` is run on its own)."""

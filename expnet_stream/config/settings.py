@@ -72,7 +72,11 @@ class TopicSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    name: str = Field("yuface", description="face detector plugin: registered name, entry point or module:Class")
+    name: str = Field(
+        "yunet",
+        description="face detector plugin: registered name, entry point or module:Class; 'yunet' (default: YuNet on "
+        "ONNX Runtime, shipped in the package), 'yuface' (the same network family in a native wheel), 'haar', ...",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options for the detector")
 
 

@@ -57,6 +57,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 #: Configurations compared by default: label -> (plugin name, options).
 DEFAULT_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "yuface": ("yuface", {}),
+    "yunet": ("yunet", {}),
+    "yunet-s": ("yunet", {"model": "s"}),
+    "yunet@0.8": ("yunet", {"min_score": 0.8}),
+    "yunet@0.9": ("yunet", {"min_score": 0.9}),
     "haar": ("haar", {}),
     "haar-alt2": ("haar", {"cascade": "frontalface_alt2", "min_neighbors": 3}),
     "mediapipe": ("mediapipe", {}),

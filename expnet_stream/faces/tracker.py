@@ -213,10 +213,13 @@ class FaceTracker:
         pred = self._predicted(pts_time)[keep]
         return Detections(_to_xyxy(pred), self._score[keep].copy(), self._ids[keep].copy())
 
-    def update(self, dets: Detections, pts_time: float) -> Detections:
+    def update(self, dets: Detections, pts_time: float, *, anchor: bool = False) -> Detections:
         """Match ``dets`` (one frame's detections) to the tracks; returns them with ``track_id`` set.
 
         Faces of tentative tracks (``min_hits > 1``) get ``-1``. Boxes and scores are returned unchanged.
+        ``anchor`` re-anchors matched tracks on their detection (box = detection, velocity 0), so the motion state
+        no longer depends on earlier frames: a pipeline anchors at keyframes, where a replay after a takeover
+        starts, so both predict the same boxes from there on.
         """
         self.ended = []
         n_tracks, n_dets = len(self), len(dets)
@@ -236,9 +239,13 @@ class FaceTracker:
             r = z - p
             dt = pts_time - self._t[matched_t]
             fresh = (dt > 1e-6) & (dt <= self.max_velocity_gap_s)
-            self._x[matched_t] = p + self.alpha * r
-            vel_gain = np.where(fresh, self.beta / np.where(fresh, dt, 1.0), 0.0)[:, None]
-            self._v[matched_t] += vel_gain * r
+            if anchor:
+                self._x[matched_t] = z
+                self._v[matched_t] = 0.0
+            else:
+                self._x[matched_t] = p + self.alpha * r
+                vel_gain = np.where(fresh, self.beta / np.where(fresh, dt, 1.0), 0.0)[:, None]
+                self._v[matched_t] += vel_gain * r
             self._t[matched_t] = np.maximum(self._t[matched_t], pts_time)
             self._hits[matched_t] += 1
             self._misses[matched_t] = 0

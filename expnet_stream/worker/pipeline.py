@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -109,6 +110,8 @@ class StreamState:
     # track ids across takeovers: the previous owner's last track state (restored during replay), and ours
     carry: TrackState | None = None
     checkpoint: TrackState | None = None
+    thumb: npt.NDArray[np.uint8] | None = None  # previous sampled frame, 64x36 grey (scene cuts)
+    keyframe_pending: bool = False  # a keyframe was decoded since the last sampled frame
     checkpoint_sent_at: float = 0.0
 
 
@@ -201,6 +204,8 @@ class Pipeline:
         # replayed frames rebuild tracks, smoothing and open windows (detect + infer, nothing published)
         self.rebuild = temporal is not None and temporal.settings.enabled
         self._temporal_owner: dict[str, StreamState] = {}
+        #: why the detector ran on frames tracked between detections (schedule, keyframe, scene_cut, weak_track)
+        self.detect_reasons: dict[str, int] = {}
         self._queued_faces = 0
 
     # ---------------------------------------------------------------- input
@@ -309,6 +314,7 @@ class Pipeline:
     ) -> None:
         for frame in frames:
             state.counters.frames_decoded += 1
+            state.keyframe_pending |= frame.keyframe
             seq = state.frame_seq
             state.frame_seq += 1
             sampled = self._sample(state, frame)
@@ -350,17 +356,47 @@ class Pipeline:
         if t is None or not t.settings.tracker.enabled or t.settings.tracker.detect_every_n <= 1:
             with self.stages.time("detect"):
                 return self.detector.detect(frame.image)
-        # the sampling slot (or frame index) picks the detection frames, so a replay picks the same ones
+        # the sampling slot (or frame index) picks the detection frames, so a replay picks the same ones; the
+        # triggers depend on this GOP only (a replay starts at a keyframe, where one fires anyway)
         index = state.last_slot if self.sample_fps is not None and state.last_slot is not None else work.frame_seq
         work.tracked = True
         pts_time = float(frame.pts_time)
-        if t.detect_due(index):
+        ts = t.settings.tracker
+        h, w = frame.image.shape[:2]
+        # the first sampled frame from a keyframe on: detect and re-anchor the tracks there (a replay starts there)
+        keyframe, state.keyframe_pending = state.keyframe_pending, False
+        cut = self._scene_cut(state, frame.image, ts.scene_cut_threshold)
+        reason = (
+            "schedule"
+            if t.detect_due(index)
+            else "keyframe"
+            if ts.redetect_on_keyframe and keyframe
+            else "scene_cut"
+            if cut
+            else "weak_track"
+            if t.weak_tracks(state.stream_id, pts_time, w, h)
+            else None
+        )
+        if reason is not None:
+            self.detect_reasons[reason] = self.detect_reasons.get(reason, 0) + 1
             with self.stages.time("detect"):
                 dets = self.detector.detect(frame.image)
-            dets = t.track(state.stream_id, pts_time, dets)
+            dets = t.track(state.stream_id, pts_time, dets, anchor=keyframe and ts.redetect_on_keyframe)
             return self._maybe_restore_ids(state, work.frame_seq, dets)
         work.predicted = True
-        return t.predict(state.stream_id, pts_time)
+        return self._maybe_restore_ids(state, work.frame_seq, t.predict(state.stream_id, pts_time))
+
+    @staticmethod
+    def _scene_cut(state: StreamState, image: npt.NDArray[np.uint8], threshold: float) -> bool:
+        """Whether this sampled frame differs from the stream's previous one by more than ``threshold`` (mean
+        absolute difference of 64x36 grey thumbnails, 0-255)."""
+        if threshold <= 0:
+            return False
+        thumb = np.asarray(
+            cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 36), interpolation=cv2.INTER_AREA), np.uint8
+        )
+        prev, state.thumb = state.thumb, thumb
+        return prev is not None and float(cv2.absdiff(prev, thumb).mean()) > threshold
 
     def _sample(self, state: StreamState, frame: DecodedFrame) -> bool:
         """Keep the first frame of each 1/fps slot of stream time (a grid, so replays sample the same frames)."""

@@ -11,6 +11,7 @@ name          class                            needs
 ``yuface``    :class:`YuFaceDetector`          ``yuface`` (libfacedetection CNN)
 ``haar``      :class:`HaarFaceDetector`        nothing (OpenCV Haar cascade)
 ``mediapipe`` :class:`MediaPipeFaceDetector`   ``mediapipe`` + a FaceLandmarker ``.task``
+``yunet``     :class:`YuNetDetector`           nothing (YuNet ONNX shipped here, ONNX Runtime)
 ============  ===============================  =========================================
 
 See ``README.md`` in this folder for the measurements behind the default.
@@ -19,5 +20,6 @@ See ``README.md`` in this folder for the measurements behind the default.
 from .haar import HaarFaceDetector as HaarFaceDetector
 from .mediapipe_blazeface import MediaPipeFaceDetector as MediaPipeFaceDetector
 from .yuface_cnn import YuFaceDetector as YuFaceDetector
+from .yunet_onnx import YuNetDetector as YuNetDetector
 
-DEFAULT_DETECTOR = "yuface"
+DEFAULT_DETECTOR = "yunet"

@@ -97,7 +97,7 @@ def test_config_show_masks_secrets(capsys: pytest.CaptureFixture[str], monkeypat
     monkeypatch.setenv("EXPNET_KAFKA__SASL_PASSWORD", "s3cr3t-value")
     assert main(["config", "show", "--config", "configs/worker.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "s3cr3t-value" not in out and "**********" in out and "yuface" in out
+    assert "s3cr3t-value" not in out and "**********" in out and "yunet" in out
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

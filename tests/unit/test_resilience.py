@@ -23,6 +23,7 @@ import pytest
 from expnet_stream import plugin_registry
 from expnet_stream.aggregate import StreamTemporal, TemporalSettings
 from expnet_stream.aggregate.windows import WindowAggregator, WindowSpec
+from expnet_stream.config.settings import DetectorSettings
 from expnet_stream.engines.onnxruntime_engine import OrtEngine
 from expnet_stream.errors import SchemaError
 from expnet_stream.events.aggregate_schema import EmotionAggregate
@@ -243,7 +244,7 @@ def _pipe(
         out["done"].update(sources)
 
     pipe = Pipeline(
-        plugin_registry.create("face_detector", "yuface"),
+        plugin_registry.create("face_detector", DetectorSettings().name),  # what the worker uses
         engine or OrtEngine(onnx, max_batch=8, intra_op_threads=1),
         emit=emit,
         done=out["done"].update,

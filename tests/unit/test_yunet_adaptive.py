@@ -1,0 +1,130 @@
+"""Detection off the hot path (issue 14): YuNet on ONNX Runtime, and tracker-driven detection with triggers."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from expnet_stream import plugin_registry
+from expnet_stream.aggregate import StreamTemporal, TemporalSettings
+from expnet_stream.engines.onnxruntime_engine import OrtEngine
+from expnet_stream.events.schema import FrameEvent
+from expnet_stream.faces.tracker import iou_matrix
+from expnet_stream.video.ingest import iter_stream_messages
+from expnet_stream.worker.pipeline import Pipeline, Source
+from tests.conftest import astronaut_bgr
+
+pytestmark = pytest.mark.unit
+
+
+def test_yunet_finds_the_face_yuface_finds_and_batches_frames_of_any_size() -> None:
+    img = astronaut_bgr()
+    yunet = plugin_registry.create("face_detector", "yunet")
+    yuface = plugin_registry.create("face_detector", "yuface")
+    a, b = yunet.detect(img), yuface.detect(img)
+    assert len(a) == len(b) == 1 and iou_matrix(a.xyxy, b.xyxy)[0, 0] > 0.8
+    odd = np.ascontiguousarray(img[7:301, 3:397])  # not a multiple of 32: padded, boxes stay in frame pixels
+    big = cv2.resize(img, (1280, 1280))  # downscaled to max_side 640 and mapped back
+    batch = yunet.detect_batch([img, odd, big, img])
+    for frame, got in zip([img, odd, big, img], batch, strict=True):
+        one = yunet.detect(frame)
+        np.testing.assert_allclose(got.xyxy, one.xyxy, atol=0.5)
+        assert len(got) == 1 and (got.xyxy[:, 2] <= frame.shape[1]).all() and (got.xyxy[:, 3] <= frame.shape[0]).all()
+    assert len(yunet.detect(np.full((360, 640, 3), 96, np.uint8))) == 0  # no face, no box
+
+
+def test_yunet_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        plugin_registry.create("face_detector", "yunet", model="/nope.onnx")
+    s = plugin_registry.create("face_detector", "yunet", model="s", nms_threshold=0.4, threads=2)
+    assert len(s.detect(astronaut_bgr())) == 1
+
+
+def _exit_video(path: Path, n: int = 40, gop: int = 20) -> Path:
+    """Grey for 10 frames, then a cut: a darker scene with the astronaut, who drifts right until half of the face
+    has left the frame."""
+    w, h, side = 320, 240, 160
+    face = cv2.resize(astronaut_bgr(), (side, side), interpolation=cv2.INTER_AREA)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.codec_context.gop_size = gop
+        st.codec_context.options = {"bf": "0", "preset": "veryfast", "sc_threshold": "0"}
+        st.codec_context.time_base = Fraction(1, 25)
+        for i in range(n):
+            img = np.full((h, w, 3), 160 if i < 10 else 40, np.uint8)
+            if i >= 10:
+                x = int(200 + (i - 10) * 1.5)
+                vis = min(side, w - x)
+                img[40 : 40 + side, x : x + vis] = face[:, :vis]
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts = i
+            for pkt in st.encode(vf):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+    return path
+
+
+def _run(onnx: Path, video: Path, tracker: dict[str, object]) -> tuple[Pipeline, list[FrameEvent]]:
+    settings = TemporalSettings.model_validate({"tracker": tracker})
+    events: list[FrameEvent] = []
+    pipe = Pipeline(
+        plugin_registry.create("face_detector", "yunet"),
+        OrtEngine(onnx, max_batch=8, intra_op_threads=1),
+        emit=lambda ev, _s: events.append(ev) if isinstance(ev, FrameEvent) else None,
+        done=lambda _s: None,
+        max_batch=8,
+        max_wait_ms=1e9,
+        temporal=StreamTemporal(settings, "m"),
+    )
+    for i, msg in enumerate(iter_stream_messages(str(video), "cam")):
+        pipe.handle(msg, Source(0, i))
+        pipe.pump()
+    pipe.pump(force=True)
+    return pipe, events
+
+
+def test_adaptive_detection_fires_on_keyframes_cuts_and_faces_leaving(small_onnx: Path, tmp_path: Path) -> None:
+    video = _exit_video(tmp_path / "exit.mp4")
+    pipe, events = _run(small_onnx, video, {"detect_every_n": 8})
+    reasons = pipe.detect_reasons
+    assert reasons["schedule"] == 5  # frames 0, 8, 16, 24, 32
+    assert reasons.get("keyframe", 0) >= 1  # frame 20 (frames 0 and 40 are scheduled or absent)
+    with_face = [e.frame_seq for e in events if e.faces]
+    assert with_face[0] == 10, "the face after the cut is detected on the cut's frame"
+    assert reasons["scene_cut"] >= 1 and reasons["weak_track"] >= 1  # leaving the frame re-detects
+    assert pipe.stages.calls["detect"] == sum(reasons.values()) < 40
+    predicted = [e for e in events if e.faces and "predicted" in e.faces[0].quality]
+    assert predicted and all(f.track_id == 0 for e in events for f in e.faces)
+    # the schedule alone (triggers off) misses the first frames of the face
+    off = {
+        "detect_every_n": 8,
+        "redetect_on_keyframe": False,
+        "scene_cut_threshold": 0,
+        "redetect_below_score": 0,
+        "redetect_at_edge": False,
+    }
+    pipe_off, events_off = _run(small_onnx, video, off)
+    assert set(pipe_off.detect_reasons) == {"schedule"} and pipe_off.stages.calls["detect"] == 5
+    assert next(e.frame_seq for e in events_off if e.faces) == 16
+
+
+def test_detection_bench_scenario_quick(tmp_path: Path, face_video: tuple[Path, list[bool]]) -> None:
+    """`expnet-stream bench detection --quick` writes its JSON and PNG with the comparison filled in."""
+    from expnet_stream.bench import run_scenario
+
+    result, json_path, png_path = run_scenario(
+        "detection", tmp_path, quick=True, progress=False, video=str(face_video[0])
+    )
+    assert json_path.is_file() and png_path.is_file()
+    s = result["summary"]
+    assert set(s["frames_per_s"]) == {"before", "every frame", "default"} and all(s["frames_per_s"].values())
+    runs = result["samples"]["runs"]
+    assert runs["default"]["detect_calls"] < runs["every frame"]["detect_calls"] == runs["every frame"]["frames"]
+    assert s["default_faces_on_every_frame_face_frames"] is not None
