@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint format typecheck schema check train-setup train bench
+.PHONY: gpu-check setup demo test test-unit lint format typecheck schema check train-setup train bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: setup  ## the whole suite (unit + integration on an embedded broker)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m unit
+
+gpu-check: setup  ## on a CUDA host: gpu tests + torch CUDA fp16 engine faces/s + detector on the GPU (< 5 min)
+	$(BIN)/python -m expnet_stream.bench.gpu_check --out gpu-check
 
 lint: setup
 	$(BIN)/ruff check expnet_stream plugins tests

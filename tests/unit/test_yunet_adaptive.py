@@ -128,3 +128,18 @@ def test_detection_bench_scenario_quick(tmp_path: Path, face_video: tuple[Path, 
     runs = result["samples"]["runs"]
     assert runs["default"]["detect_calls"] < runs["every frame"]["detect_calls"] == runs["every frame"]["frames"]
     assert s["default_faces_on_every_frame_face_frames"] is not None
+
+
+def test_gpu_check_without_cuda_says_so_and_measures_nothing(tmp_path: Path) -> None:
+    """The prepared device check, run here (no CUDA): it reports why it measured nothing; no GPU figure is made up."""
+    import json
+
+    import torch
+
+    from expnet_stream.bench.gpu_check import main
+
+    if torch.cuda.is_available():  # pragma: no cover - the device machine runs the real check instead
+        pytest.skip("a CUDA device is present: run `make gpu-check` there")
+    assert main(["--out", str(tmp_path), "--no-tests"]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["device"] is None and "no CUDA" in result["skipped"] and result["engine_faces_per_s"] == {}
