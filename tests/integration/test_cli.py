@@ -38,6 +38,7 @@ def test_ingest_publishes_start_packets_end_with_extradata_on_keyframes(
     )
     assert rc == 0
     with Subscriber(broker.bootstrap, topic, dedupe=False) as sub:
+        assert sub._consumer.config["fetch_max_wait_ms"] == 20  # bounds the delivery hop on Tansu (bench latency)
         got = [r.event for r in sub.iter(timeout_s=20, idle_s=3)]
     for sid in ("s1", "s2"):
         msgs = [m for m in got if getattr(m, "stream_id", None) == sid]
