@@ -28,6 +28,36 @@ def astronaut_bgr() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
 
 
+LOW_DELAY = {"bf": "0", "preset": "veryfast", "sc_threshold": "0"}
+"""x264 options of the synthetic clips that need keyframes only every ``gop`` frames and no B-frames."""
+
+
+def write_h264(
+    path: Path,
+    frames: Iterator[np.ndarray],
+    size: tuple[int, int],
+    *,
+    fps: int = 25,
+    gop: int = 12,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode BGR ``frames`` of ``size`` (w, h) into an H.264 MP4 (frame i at pts i, time base 1/fps)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = options or {"bf": "2", "preset": "veryfast"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            vf.pts = i
+            for pkt in stream.encode(vf):
+                out.mux(pkt)
+        for pkt in stream.encode(None):
+            out.mux(pkt)
+    return path
+
+
 def make_face_video(
     path: Path,
     *,
@@ -44,27 +74,18 @@ def make_face_video(
     w, h = size
     side = min(300, int(min(w, h) * 0.8))
     face_img = cv2.resize(astronaut_bgr(), (side, side), interpolation=cv2.INTER_AREA)
-    has_face = []
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.options = {"bf": "2", "preset": "veryfast"}
-        stream.codec_context.time_base = Fraction(1, fps)
+    has_face = [i >= blank_frames for i in range(n_frames)]
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n_frames):
             frame = np.full((h, w, 3), 96, np.uint8)
-            face = i >= blank_frames
-            if face:
+            if has_face[i]:
                 x = int((w - side) * (i - blank_frames) / max(1, n_frames - blank_frames - 1))
                 y = (h - side) // 2
                 frame[y : y + side, x : x + side] = face_img
-            has_face.append(face)
-            vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
-            vf.pts = i
-            for pkt in stream.encode(vf):
-                out.mux(pkt)
-        for pkt in stream.encode(None):
-            out.mux(pkt)
+            yield frame
+
+    write_h264(path, frames(), size, fps=fps, gop=gop)
     return has_face
 
 

@@ -52,6 +52,20 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def session_options(intra_op_threads: int, *, allow_spinning: bool = False) -> ort.SessionOptions:
+    """The project's ONNX Runtime session settings (ENABLE_ALL, sequential, one inter-op thread, spinning off unless
+    asked): ExpNet's engine and the YuNet detector share them."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    spin = "1" if allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
 class OrtEngine(Engine):
     """ExpNet on ONNX Runtime's CPUExecutionProvider.
 
@@ -81,14 +95,7 @@ class OrtEngine(Engine):
         self.model_id = self.contract.model_id
         self.max_batch = max_batch
         self.intra_op_threads = intra_op_threads if intra_op_threads is not None else default_threads()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = 1
-        spin = "1" if allow_spinning else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        opts = session_options(self.intra_op_threads, allow_spinning=allow_spinning)
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]

@@ -57,9 +57,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 #: Configurations compared by default: label -> (plugin name, options).
 DEFAULT_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "yuface": ("yuface", {}),
-    "yunet": ("yunet", {}),
-    "yunet-s": ("yunet", {"model": "s"}),
-    "yunet@0.8": ("yunet", {"min_score": 0.8}),
+    "yunet": ("yunet", {}),  # the default: YuNet-n at min_score 0.8
+    "yunet@0.5": ("yunet", {"min_score": 0.5}),
+    "yunet-s@0.5": ("yunet", {"model": "s", "min_score": 0.5}),
     "yunet@0.9": ("yunet", {"min_score": 0.9}),
     "haar": ("haar", {}),
     "haar-alt2": ("haar", {"cascade": "frontalface_alt2", "min_neighbors": 3}),

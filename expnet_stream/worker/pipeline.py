@@ -46,6 +46,7 @@ from ..events.schema import (
 from ..faces.crop import crop_boxes, crop_faces
 from ..faces.detections import Detections
 from ..faces.detector import FaceDetector
+from ..faces.tracker import iou_matrix
 from ..ops.metrics import PipelineObserver
 from ..video.decode import DecodedFrame, StreamDecoder
 from .stages import StageTimes
@@ -590,13 +591,14 @@ class Pipeline:
             self.emit(agg, [])
         if self.temporal.settings.tracker.enabled:
             tracked = work.dets.track_id >= 0
-            state.checkpoint = TrackState(
+            # every published frame: built without validation (our own values); the worker sends one a second
+            state.checkpoint = TrackState.model_construct(
                 stream_id=sid,
                 frame_seq=work.frame_seq,
                 pts_time=work.pts_time,
                 tracks=[
-                    (int(i), *(float(v) for v in box))
-                    for i, box in zip(work.dets.track_id[tracked], work.dets.xyxy[tracked], strict=True)
+                    (int(i), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+                    for i, b in zip(work.dets.track_id[tracked], work.dets.xyxy[tracked], strict=True)
                 ],
                 next_id=self.temporal.next_track_id(sid),
                 worker_id=self.worker_id,
@@ -619,8 +621,6 @@ class Pipeline:
         fresh_ids = [int(i) for i in dets.track_id]
         mapping: dict[int, int] = {}
         if carry.tracks and len(dets):
-            from ..faces.tracker import iou_matrix
-
             carried = np.array([t[1:] for t in carry.tracks], np.float64)
             iou = iou_matrix(dets.xyxy, carried)
             for i, fid in enumerate(fresh_ids):

@@ -124,9 +124,11 @@ def rewind_point(
 
 
 def read_range(
-    kafka_kwargs: dict[str, Any], tp: TopicPartition, start: int, end: int, timeout_s: float = 15.0
+    kafka_kwargs: dict[str, Any], tp: TopicPartition, start: int, end: int | None, timeout_s: float = 15.0
 ) -> list[tuple[int, bytes | None]]:
-    """Records ``[start, end)`` of one partition, read with a throwaway consumer outside the group."""
+    """Records ``[start, end)`` of one partition, read with a throwaway consumer outside the group; ``end=None``
+    reads to the end the fetch high watermark reports (``end_offsets()`` cannot say it: Tansu answers the last
+    batch's base offset + 1)."""
     consumer = KafkaConsumer(**kafka_kwargs, group_id=None, enable_auto_commit=False)
     out: list[tuple[int, bytes | None]] = []
     try:
@@ -135,8 +137,9 @@ def read_range(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.offset, r.value) for r in records if r.offset < end)
-            if (out and out[-1][0] >= end - 1) or consumer.position(tp) >= end:
+                out.extend((r.offset, r.value) for r in records if end is None or r.offset < end)
+            stop = end if end is not None else consumer.highwater(tp)
+            if stop is not None and ((out and out[-1][0] >= stop - 1) or consumer.position(tp) >= stop):
                 break
     finally:
         consumer.close()
@@ -152,12 +155,12 @@ def read_states(kafka_kwargs: dict[str, Any], topic: str, partition: int, *, tai
             log.warning("worker-state topic %s is missing: track ids restart on takeover", topic)
             return []
         tp = TopicPartition(topic, partition if partition in parts else partition % len(parts))
-        end = consumer.end_offsets([tp])[tp]
+        end = consumer.end_offsets([tp])[tp]  # at most a batch short on Tansu: fine for where the tail starts
         begin = consumer.beginning_offsets([tp])[tp]
     finally:
         consumer.close()
     out: list[TrackState] = []
-    for _, value in read_range(kafka_kwargs, tp, max(begin, end - tail), end):
+    for _, value in read_range(kafka_kwargs, tp, max(begin, end - tail), None):
         try:
             msg = decode(value) if value is not None else None
         except SchemaError:

@@ -162,13 +162,11 @@ class Worker:
         self._next_idle_check = 0.0
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
-        self._kafka_kwargs = common
         t = settings.temporal
         horizon = 0.0
         if t.enabled and t.windows:  # replay rebuilds every window open at the commit from its first frame
             horizon = max(w.size_s for w in t.windows) + t.allowed_lateness_s
         self.scans = RewindScans(common, horizon_s=horizon, state_topic=settings.topics.state)
-        self._scanning: set[int] = set()
         exactly_once = settings.delivery == "exactly_once"
         try:
             self.producer = KafkaProducer(
@@ -525,7 +523,6 @@ class Worker:
             self._committed.pop(p, None)
         self._paused = {tp for tp in self._paused if tp.partition not in parts}
         self.scans.cancel(parts)
-        self._scanning -= parts
         self.assigned -= parts
         self._pending_assign -= parts
         self._assignment_changed()
@@ -548,7 +545,6 @@ class Worker:
                 self._committed[p] = committed
                 self.consumer.seek(tp, committed)  # drops what was fetched; the scan decides where to read
                 self.consumer.pause(tp)
-                self._scanning.add(p)
                 self.scans.start(tp, committed)
             elif fetched:
                 self.consumer.seek(tp, fetched[0].offset)
@@ -557,9 +553,8 @@ class Worker:
     def _finish_scans(self) -> None:
         """Partitions whose rewind scan is done: seek back to the rewind point (replay up to the commit), resume."""
         for p, committed, rewind in self.scans.finished():
-            if p not in self._scanning or p not in self.assigned:
+            if p not in self.assigned:
                 continue
-            self._scanning.discard(p)
             tp = TopicPartition(self.settings.topics.input, p)
             target = committed
             if rewind.offset is not None and rewind.offset < committed:
@@ -608,6 +603,11 @@ class Worker:
             self._next_lag = now + self.settings.ops.lag_interval_s
             for partition, lag in partition_lag(self.consumer, self.consumer.assignment()).items():
                 m.lag(partition, lag)
+
+    @property
+    def _scanning(self) -> set[int]:
+        """Partitions paused while their rewind scan runs."""
+        return self.scans.running
 
     def _resume(self, *partitions: TopicPartition) -> None:
         """Resume paused partitions and drop what the fetcher parked for them while paused.

@@ -24,8 +24,10 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
-from expnet_stream.errors import ConfigError, DetectorError
+from expnet_stream.engines.onnxruntime_engine import session_options
+from expnet_stream.errors import ConfigError
 from expnet_stream.faces.detections import Detections
 from expnet_stream.faces.detector import BGRImage
 from expnet_stream.plugin_registry import register
@@ -48,8 +50,8 @@ def pad32(image: BGRImage) -> BGRImage:
     return np.asarray(cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8)
 
 
-def decode(outputs: dict[str, F32], index: int, height: int, width: int, score_threshold: float) -> tuple[F32, F32]:
-    """Boxes ``xyxy`` and scores of image ``index`` of a batch, before NMS, for a ``height x width`` padded input."""
+def decode(outputs: dict[str, F32], index: int, width: int, score_threshold: float) -> tuple[F32, F32]:
+    """Boxes ``xyxy`` and scores of image ``index`` of a batch, before NMS, for a padded input ``width`` wide."""
     boxes, scores = [], []
     for s in STRIDES:
         cols = width // s
@@ -109,15 +111,7 @@ class YuNetDetector(ScaledFaceDetector):
             raise ConfigError(f"yunet model {model!r}: no such file {path} (use 'n', 's' or a path to a YuNet ONNX)")
         self.nms_threshold = _number("nms_threshold", nms_threshold, 0, 1)
         self.top_k = int(_number("top_k", top_k, 1))
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-            raise DetectorError(f"the 'yunet' detector needs onnxruntime ({exc})") from exc
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = int(_number("threads", threads, 1))
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(int(_number("threads", threads, 1)))
         self.model_path = path
         self._session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
         self._outputs = [o.name for o in self._session.get_outputs()]
@@ -130,12 +124,11 @@ class YuNetDetector(ScaledFaceDetector):
 
     def _detect_small(self, image: BGRImage, min_face_px: float) -> tuple[npt.ArrayLike, npt.ArrayLike]:
         padded = pad32(image)
-        h, w = padded.shape[:2]
         out = self._run(padded.transpose(2, 0, 1)[None].astype(np.float32))
-        return self._post(out, 0, h, w)
+        return self._post(out, 0, padded.shape[1])
 
-    def _post(self, out: dict[str, F32], index: int, h: int, w: int) -> tuple[F32, F32]:
-        xyxy, score = decode(out, index, h, w, self.min_score)
+    def _post(self, out: dict[str, F32], index: int, w: int) -> tuple[F32, F32]:
+        xyxy, score = decode(out, index, w, self.min_score)
         keep = nms(xyxy, score, self.min_score, self.nms_threshold, self.top_k)
         return xyxy[keep], score[keep]
 
@@ -150,11 +143,11 @@ class YuNetDetector(ScaledFaceDetector):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (_, padded, _, _) in enumerate(prepared):
             groups.setdefault(padded.shape[:2], []).append(i)
-        for (h, w), idx in groups.items():
+        for (_, w), idx in groups.items():
             batch = np.stack([prepared[i][1] for i in idx]).transpose(0, 3, 1, 2).astype(np.float32)
             out = self._run(batch)
             for j, i in enumerate(idx):
-                xyxy, score = self._post(out, j, h, w)
+                xyxy, score = self._post(out, j, w)
                 frame_hw, _, sx, sy = prepared[i]
                 results[i] = finish(xyxy, score, sx, sy, frame_hw, self.min_score, self.min_face_px)
         return [r if r is not None else Detections.empty() for r in results]

@@ -61,6 +61,13 @@ def start_worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def start_ingester(video: Path, stream_id: str, bootstrap: str, topic: str) -> subprocess.Popen[bytes]:
+    """`expnet-stream ingest --realtime` of one video as a separate process (to be killed mid-stream)."""
+    cmd = [sys.executable, "-m", "expnet_stream.cli.main", "ingest", str(video), "--stream-id", stream_id]
+    cmd += ["--realtime", "--bootstrap", bootstrap, "--topic", topic]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ from expnet_stream.worker.resume import find_rewind
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
 from tests.conftest import broker_settings, make_face_video
-from tests.integration.fleet_util import Collector, start_worker, stop, worker_config
+from tests.integration.fleet_util import Collector, start_ingester, start_worker, stop, worker_config
 
 pytestmark = pytest.mark.integration
 
@@ -269,24 +267,7 @@ def test_a_killed_ingester_leaves_a_stream_that_closes_as_idle(
     make_face_video(video, n_frames=250, blank_frames=0, size=(160, 120), gop=10)
     settings = broker_settings(broker, topic_prefix, small_onnx, topics={"input_partitions": 1}, idle={"wall_s": 2.0})
     ensure_topics(settings.kafka, settings.topics)
-    ingester = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "expnet_stream.cli.main",
-            "ingest",
-            str(video),
-            "--stream-id",
-            "cut",
-            "--realtime",
-            "--bootstrap",
-            broker.bootstrap,
-            "--topic",
-            settings.topics.input,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ingester = start_ingester(video, "cut", broker.bootstrap, settings.topics.input)
     worker = Worker(settings, build_detector(settings), build_engine(settings))
     out = Collector(broker.bootstrap, settings.topics.expressions)
     try:

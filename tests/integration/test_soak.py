@@ -7,7 +7,6 @@ import random
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from expnet_stream.events.schema import DeadLetter, StreamSummary
 from expnet_stream.kafka.broker import EmbeddedBroker
 from expnet_stream.kafka.topics import ensure_topics
 from tests.conftest import make_face_video
-from tests.integration.fleet_util import Collector, rss_mb, start_worker, stop, worker_config
+from tests.integration.fleet_util import Collector, rss_mb, start_ingester, start_worker, stop, worker_config
 from tests.integration.test_fleet import _check_complete_and_ordered, _produce, _streams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -132,24 +131,7 @@ def test_soak_kill9_hostile_records_and_a_killed_ingester(
     monitor.start()
     kills = 0
     t0 = time.monotonic()
-    ingester = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "expnet_stream.cli.main",
-            "ingest",
-            str(video),
-            "--stream-id",
-            "cut",
-            "--realtime",
-            "--bootstrap",
-            broker.bootstrap,
-            "--topic",
-            settings.topics.input,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ingester = start_ingester(video, "cut", broker.bootstrap, settings.topics.input)
     try:
         _produce(broker.bootstrap, settings.topics.input, [(k, v) for k, v in messages])
         time.sleep(1.5)

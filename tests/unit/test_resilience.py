@@ -9,11 +9,10 @@ after the commit, exactly the track ids and window aggregates of the uninterrupt
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import msgpack
 import numpy as np
@@ -42,7 +41,7 @@ from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.offsets import OffsetTracker
 from expnet_stream.worker.pipeline import Pipeline, Source
 from expnet_stream.worker.resume import rewind_point
-from tests.conftest import astronaut_bgr
+from tests.conftest import LOW_DELAY, astronaut_bgr, write_h264
 
 pytestmark = pytest.mark.unit
 
@@ -209,24 +208,16 @@ def _video(path: Path, n: int, *, gap: tuple[int, int] | None = None, gop: int =
     """An H.264 stream of the astronaut moving; frames in ``gap`` are grey (the face leaves and comes back)."""
     w, h, side = 320, 240, 140
     face = cv2.resize(astronaut_bgr(), (side, side), interpolation=cv2.INTER_AREA)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=fps)
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.codec_context.gop_size = gop
-        st.codec_context.options = {"bf": "0", "preset": "veryfast", "sc_threshold": "0"}
-        st.codec_context.time_base = Fraction(1, fps)
+
+    def frames() -> Iterator[npt.NDArray[np.uint8]]:
         for i in range(n):
             img = np.full((h, w, 3), 96, np.uint8)
             if gap is None or not gap[0] <= i < gap[1]:
                 x = int((w - side) * i / max(1, n - 1))
                 img[50 : 50 + side, x : x + side] = face
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
-            vf.pts = i
-            for pkt in st.encode(vf):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    return path
+            yield img
+
+    return write_h264(path, frames(), (w, h), fps=fps, gop=gop, options=LOW_DELAY)
 
 
 @pytest.fixture(scope="module")

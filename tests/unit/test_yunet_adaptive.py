@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from expnet_stream.events.schema import FrameEvent
 from expnet_stream.faces.tracker import iou_matrix
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.pipeline import Pipeline, Source
-from tests.conftest import astronaut_bgr
+from tests.conftest import LOW_DELAY, astronaut_bgr, write_h264
 
 pytestmark = pytest.mark.unit
 
@@ -50,25 +49,17 @@ def _exit_video(path: Path, n: int = 40, gop: int = 20) -> Path:
     has left the frame."""
     w, h, side = 320, 240, 160
     face = cv2.resize(astronaut_bgr(), (side, side), interpolation=cv2.INTER_AREA)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.codec_context.gop_size = gop
-        st.codec_context.options = {"bf": "0", "preset": "veryfast", "sc_threshold": "0"}
-        st.codec_context.time_base = Fraction(1, 25)
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n):
             img = np.full((h, w, 3), 160 if i < 10 else 40, np.uint8)
             if i >= 10:
                 x = int(200 + (i - 10) * 1.5)
                 vis = min(side, w - x)
                 img[40 : 40 + side, x : x + vis] = face[:, :vis]
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
-            vf.pts = i
-            for pkt in st.encode(vf):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    return path
+            yield img
+
+    return write_h264(path, frames(), (w, h), gop=gop, options=LOW_DELAY)
 
 
 def _run(onnx: Path, video: Path, tracker: dict[str, object]) -> tuple[Pipeline, list[FrameEvent]]:
