@@ -5,19 +5,23 @@ BIN := $(VENV)/bin
 
 .PHONY: gpu-check setup demo test test-unit lint format typecheck schema check train-setup train bench
 
+# One line per step; pip runs quietly (its errors still show).
 $(BIN)/.installed: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# Helm as a library, for `helm lint` of deploy/helm in the tests (its metadata says Python 3.12; it runs on 3.11)
-	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32 \
+	@echo "setup 1/3: virtual environment $(VENV) ($$($(PY) --version))"
+	@$(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "setup 2/3: pip install -e '.[dev]' (the package, torch CPU, test and lint tools; minutes on a first run)"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "setup 3/3: helm-sdkpy (for the Helm chart lint test)"
+	@# Helm as a library, for `helm lint` of deploy/helm in the tests (its metadata says Python 3.12; it runs on 3.11)
+	@$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32 \
 		|| echo "helm-sdkpy unavailable: the chart lint test will skip"
-	touch $@
+	@touch $@
 
 setup: $(BIN)/.installed
 
 demo: setup  ## embedded broker + real face video + worker + subscriber
-	$(BIN)/expnet-stream demo
+	@$(BIN)/expnet-stream demo
 
 test: setup  ## the whole suite (unit + integration on an embedded broker)
 	$(BIN)/python -m pytest -q

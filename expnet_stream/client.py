@@ -12,17 +12,21 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from .errors import BrokerError, SchemaError
 from .events.codec import decode
-from .events.schema import AnyEvent
+from .events.schema import AnyEvent, FrameEvent
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,77 @@ class Subscriber:
                 return
             if idle_s is not None and now - last >= idle_s:
                 return
+
+    def iter_frames(
+        self,
+        *,
+        max_events: int | None = None,
+        timeout_s: float | None = None,
+        idle_s: float | None = 5.0,
+        stream_id: str | None = None,
+    ) -> Iterator[FrameEvent]:
+        """Frame events (of ``stream_id`` only, when given) until ``max_events`` of them, ``timeout_s`` in total or
+        ``idle_s`` without any event on the topic (None = no such limit); other events are passed over."""
+        n = 0
+        if max_events is not None and max_events <= 0:
+            return
+        for item in self.iter(timeout_s=timeout_s, idle_s=idle_s):
+            ev = item.event
+            if not isinstance(ev, FrameEvent) or (stream_id is not None and ev.stream_id != stream_id):
+                continue
+            yield ev
+            n += 1
+            if max_events is not None and n >= max_events:
+                return
+
+    def to_arrow(
+        self,
+        *,
+        max_events: int | None = None,
+        timeout_s: float | None = None,
+        idle_s: float | None = 5.0,
+        stream_id: str | None = None,
+        emotions: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Read frame events (:meth:`iter_frames`'s stop rules) into an Arrow table, one row per face and frame.
+
+        The columns are :func:`expnet_stream.table.table_schema`'s (``emotions``: the emotion classes with a column,
+        default the shipped model's); a frame without faces is one row with null face columns. Stop with
+        ``max_events``, ``timeout_s`` or ``idle_s`` (by default after 5 s without events), or the call reads forever.
+        Needs ``pip install 'expnet-stream[table]'``.
+
+        >>> with Subscriber("127.0.0.1:9092", "expnet.expressions") as sub:  # doctest: +SKIP
+        ...     table = sub.to_arrow(idle_s=5, stream_id="cam-1")
+        >>> table.num_rows, table.column_names[:3]  # doctest: +SKIP
+        (472, ['event_id', 'stream_id', 'frame_seq'])
+        """
+        from .table import DEFAULT_EMOTIONS, TableBuilder
+
+        builder = TableBuilder(DEFAULT_EMOTIONS if emotions is None else emotions)
+        builder.extend(self.iter_frames(max_events=max_events, timeout_s=timeout_s, idle_s=idle_s, stream_id=stream_id))
+        return builder.to_arrow()
+
+    def to_pandas(
+        self,
+        *,
+        max_events: int | None = None,
+        timeout_s: float | None = None,
+        idle_s: float | None = 5.0,
+        stream_id: str | None = None,
+        emotions: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """:meth:`to_arrow` as a pandas DataFrame (same columns and stop rules).
+
+        >>> with Subscriber("127.0.0.1:9092", "expnet.expressions") as sub:  # doctest: +SKIP
+        ...     df = sub.to_pandas(idle_s=5)
+        >>> df.groupby("stream_id").emotion.value_counts()  # doctest: +SKIP
+        """
+        from .table import events_to_pandas
+
+        frames = self.iter_frames(max_events=max_events, timeout_s=timeout_s, idle_s=idle_s, stream_id=stream_id)
+        if emotions is None:
+            return events_to_pandas(frames)
+        return events_to_pandas(frames, emotions=emotions)
 
     def close(self) -> None:
         self._consumer.close()

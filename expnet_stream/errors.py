@@ -56,3 +56,11 @@ class BrokerError(ExpNetError, RuntimeError):
 
 class PluginError(ExpNetError, LookupError):
     """A plugin could not be found, imported, or is not of the required base class."""
+
+
+class OptionalDependencyError(ExpNetError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message says what to install."""
+
+
+class TableError(ExpNetError, ValueError):
+    """Events cannot be put into the results table (e.g. an emotion class without a column)."""

@@ -65,41 +65,78 @@ def chart_engine(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _stage_bars(ax: Any, shares: dict[str, float | None], label: str, y: float) -> None:
-    colors = {
-        "decode": "#4c72b0",
-        "detect": "#dd8452",
-        "crop": "#55a868",
-        "infer": "#c44e52",
-        "publish": "#8172b3",
-        "other": "#999999",
-    }
+STAGE_COLORS = {
+    "decode": "#4c72b0",
+    "detect": "#dd8452",
+    "crop": "#55a868",
+    "infer": "#c44e52",
+    "publish": "#8172b3",
+    "other": "#999999",
+}
+
+
+def _stage_bars(
+    ax: Any,
+    shares: dict[str, float | None],
+    label: str,
+    y: float,
+    *,
+    legend: bool | None = None,
+    ms: bool = False,
+    min_label: float = 0.06,
+) -> None:
+    """One horizontal bar of stacked stage values at ``y``: shares (labels in %) or milliseconds (``ms``)."""
     left = 0.0
-    for stage, color in colors.items():
+    total = sum(v or 0.0 for v in shares.values())
+    for stage, color in STAGE_COLORS.items():
         v = shares.get(stage) or 0.0
-        ax.barh(y, v, left=left, color=color, label=stage if y == 0 else None)
-        if v > 0.06:
-            ax.text(left + v / 2, y, f"{stage}\n{v:.0%}", ha="center", va="center", fontsize=7, color="white")
+        v = max(v, 0.0)
+        show = legend if legend is not None else y == 0
+        ax.barh(y, v, left=left, color=color, label=stage if show else None)
+        if v > min_label * (total if ms else 1.0):
+            text = f"{stage}\n{v:.1f}" if ms else f"{stage}\n{v:.0%}"
+            ax.text(left + v / 2, y, text, ha="center", va="center", fontsize=7, color="white")
         left += v
-    ax.text(1.01, y, label, va="center", fontsize=8)
+    if label:
+        ax.text(left, y, f" {label}", va="center", fontsize=8)
 
 
 def chart_pipeline(result: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     s = result["summary"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [1, 2]})
-    vals = [s["bare_engine_faces_per_s"] or 0, s["pipeline_faces_per_s"] or 0]
-    a1.bar(["bare engine", "pipeline"], vals, color=["#c44e52", "#4c72b0"])
-    eff = s.get("pipeline_efficiency")
-    a1.set_title(f"faces/s (efficiency {eff:.2f})" if eff else "faces/s", fontsize=9)
+    bound = s.get("bound_frames_per_s")
+    if bound is None:  # a result without bare stage timings: the bare engine only
+        names, vals = ["bare engine", "pipeline"], [s["bare_engine_faces_per_s"] or 0, s["pipeline_faces_per_s"] or 0]
+        eff = s.get("engine_efficiency", s.get("pipeline_efficiency"))
+        a1.set_title(f"faces/s (efficiency {eff:.2f})" if eff else "faces/s", fontsize=9)
+    else:
+        names, vals = ["bound\n(sum of bare)", "pipeline"], [bound, s["pipeline_frames_per_s"] or 0]
+        eff, eng = s.get("stage_sum_efficiency"), s.get("engine_efficiency")
+        a1.set_title(
+            f"frames/s: {eff:.2f} of bound\n(vs bare engine {eng:.2f})" if eff and eng else "frames/s", fontsize=9
+        )
+    a1.bar(names, vals, color=["#c44e52", "#4c72b0"])
+    a1.set_ylim(0, 1.15 * max([*vals, 1.0]))
     for i, v in enumerate(vals):
         a1.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    _stage_bars(a2, s["stage_share_of_wall"], "", 0)
-    a2.set_xlim(0, 1)
-    a2.set_yticks([])
-    a2.set_xlabel("share of worker wall time")
-    a2.set_title(f"where the worker's time goes — {_subtitle(result)}", fontsize=9)
-    a2.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    bare_ms, pipe = s.get("bare_ms_per_frame"), s.get("pipeline_ms_per_frame")
+    if bound is not None and bare_ms and pipe:
+        wall = pipe.get("wall") or 0.0
+        pipe_ms = {k: v or 0.0 for k, v in pipe.items() if k != "wall"}
+        pipe_ms["other"] = wall - sum(pipe_ms.values())
+        _stage_bars(a2, bare_ms, f"{sum(v or 0.0 for v in bare_ms.values()):.1f}", 1, legend=False, ms=True)
+        _stage_bars(a2, pipe_ms, f"{wall:.1f}", 0, legend=True, ms=True)
+        a2.set_yticks([0, 1], ["pipeline", "bare stages"], fontsize=8)
+        a2.set_xlim(0, 1.15 * max(wall, sum(v or 0.0 for v in bare_ms.values())))
+        a2.set_xlabel("ms per frame (other = worker time outside the stages)", fontsize=8)
+    else:
+        _stage_bars(a2, s["stage_share_of_wall"], "", 0)
+        a2.set_xlim(0, 1)
+        a2.set_yticks([])
+        a2.set_xlabel("share of worker wall time")
+    a2.set_title(f"where the time goes — {_subtitle(result)}", fontsize=9)
+    a2.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     return _save(fig, path)
 
 
@@ -219,6 +256,37 @@ def chart_detection(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def chart_crowd(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    rows = result["summary"]["table"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(FIGSIZE[0], FIGSIZE[1] + 0.4), gridspec_kw={"width_ratios": [1, 1]})
+    grids = list(dict.fromkeys(k.split(" ", 1)[0] for k in rows))
+    configs = list(dict.fromkeys(k.split(" ", 1)[1] for k in rows))
+    width = 0.8 / max(1, len(configs))
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for j, cfg in enumerate(configs):
+        vals = [(rows.get(f"{g} {cfg}") or {}).get("faces_per_s") or 0 for g in grids]
+        xs = [i + (j - (len(configs) - 1) / 2) * width for i in range(len(grids))]
+        a1.bar(xs, vals, width, label=cfg, color=colors[j % len(colors)])
+        for x, g, v in zip(xs, grids, vals, strict=True):
+            row = rows.get(f"{g} {cfg}") or {}
+            fps, rec = row.get("frames_per_s") or 0, row.get("tile_recall") or 0
+            a1.text(x, 0.97 * v, f"{fps:.0f} fr/s\n{rec:.0%}\nfound", ha="center", va="top", fontsize=6, color="white")
+    a1.set_xticks(range(len(grids)), [f"{g} tiles" for g in grids], fontsize=8)
+    a1.set_ylabel("faces/s (median)")
+    a1.set_ylim(0, 1.25 * max([(r.get("faces_per_s") or 0) for r in rows.values()] + [1]))
+    a1.legend(fontsize=7, loc="upper right")
+    a1.set_title("many small faces through `run`", fontsize=9)
+    for y, row in enumerate(reversed(list(rows.values()))):
+        _stage_bars(a2, row["stage_share_of_wall"], "", y, legend=y == 0, min_label=0.11)
+    a2.set_yticks(range(len(rows)), list(reversed(list(rows))), fontsize=7)
+    a2.set_xlim(0, 1)
+    a2.set_xlabel("share of wall time")
+    a2.set_title(_subtitle(result), fontsize=8)
+    a2.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return _save(fig, path)
+
+
 CHARTS = {
     "engine": chart_engine,
     "pipeline": chart_pipeline,
@@ -228,4 +296,5 @@ CHARTS = {
     "scaling": chart_scaling,
     "bottlenecks": chart_ab,
     "detection": chart_detection,
+    "crowd": chart_crowd,
 }

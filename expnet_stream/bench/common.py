@@ -23,13 +23,14 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ExpNetError
+from ..fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,20 @@ def ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den == 0 or not math.isfinite(num) or not math.isfinite(den):
         return None
     return float(num) / float(den)
+
+
+def wall_shares(
+    stage_seconds: Mapping[str, float], wall_s: float | None, stages: Sequence[str]
+) -> dict[str, float | None]:
+    """Each stage's seconds as a share of ``wall_s``, plus ``other`` (the rest of the wall time, at least 0).
+
+    >>> wall_shares({"a": 1.0, "b": 2.0}, 4.0, ("a", "b"))
+    {'a': 0.25, 'b': 0.5, 'other': 0.25}
+    """
+    shares = {s: ratio(stage_seconds.get(s, 0.0), wall_s) for s in stages}
+    known = sum(v for v in shares.values() if v is not None)
+    shares["other"] = max(0.0, 1.0 - known) if wall_s else None
+    return shares
 
 
 def rounded(value: Any, digits: int = 4) -> Any:
@@ -230,9 +245,7 @@ def check_result(result: dict[str, Any]) -> list[str]:
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rounded(result, 5), indent=1, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(rounded(result, 5), indent=1, sort_keys=False, default=str) + "\n")
     return path
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from ..events.schema import StreamEnd, StreamStart, VideoPacket
-from ..fileio import cache_dir
+from ..fileio import cache_dir, staged_path
 from ..models.contract import PreprocessContract, contract_path_for
 from ..video.ingest import iter_stream_messages
 from .common import BenchError
@@ -171,6 +174,17 @@ def balanced_stream_ids(n: int, partitions: int, prefix: str = "s") -> list[str]
     return out
 
 
+def h264_stream(dst: Any, rate: Fraction, width: int, height: int, *, gop: int) -> Any:
+    """An H.264 output stream of the benchmarks' copies: libx264, yuv420p, no B-frames, ``veryfast``, a keyframe
+    every ``gop`` frames, time base ``1/rate`` (frame ``pts`` = frame index)."""
+    stream = dst.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.gop_size = gop
+    stream.codec_context.time_base = 1 / rate
+    stream.codec_context.options = {"bf": "0", "preset": "veryfast"}
+    return stream
+
+
 def paced_copy(video: str, fps: float, out_dir: Path, *, max_seconds: float | None = None, gop_s: float = 1.0) -> Path:
     """Re-encode ``video`` at ``fps`` (keeping every frame whose slot is new), H.264, same duration.
 
@@ -183,17 +197,12 @@ def paced_copy(video: str, fps: float, out_dir: Path, *, max_seconds: float | No
     if path.is_file() and path.stat().st_size > 0:
         return path
     rate = Fraction(fps).limit_denominator(1000)
-    tmp = path.with_suffix(".part.mp4")
     last_slot = None
     n = 0
     try:
-        with av.open(video) as src, av.open(str(tmp), "w") as dst:
+        with staged_path(path, suffix=".part.mp4") as tmp, av.open(video) as src, av.open(str(tmp), "w") as dst:
             vs = src.streams.video[0]
-            stream = dst.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = vs.width, vs.height, "yuv420p"
-            stream.codec_context.gop_size = max(1, round(fps * gop_s))
-            stream.codec_context.time_base = 1 / rate
-            stream.codec_context.options = {"bf": "0", "preset": "veryfast"}
+            stream = h264_stream(dst, rate, vs.width, vs.height, gop=max(1, round(fps * gop_s)))
             for frame in src.decode(vs):
                 t = float(frame.time or 0.0)
                 if max_seconds is not None and t >= max_seconds:
@@ -210,10 +219,95 @@ def paced_copy(video: str, fps: float, out_dir: Path, *, max_seconds: float | No
             for pkt in stream.encode(None):
                 dst.mux(pkt)
     except (av.error.FFmpegError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         raise BenchError(f"cannot re-encode {video} at {fps} fps: {exc}") from exc
-    tmp.replace(path)
     log.info("paced copy video=%s fps=%.3f frames=%d path=%s", video, fps, n, path)
+    return path
+
+
+def grid_cells(grid: int, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` of the ``grid`` x ``grid`` cells of a ``width`` x ``height`` frame, row by row; cell edges
+    at ``round(i * size / grid)``, so the cells cover the frame exactly (neighbours differ by at most one pixel).
+
+    >>> grid_cells(3, 1280, 720)[:3]
+    [(0, 0, 427, 240), (427, 0, 853, 240), (853, 0, 1280, 240)]
+    """
+    if grid < 1 or width < grid or height < grid:
+        raise BenchError(f"cannot cut a {width}x{height} frame into {grid}x{grid} cells")
+    xs = [round(i * width / grid) for i in range(grid + 1)]
+    ys = [round(i * height / grid) for i in range(grid + 1)]
+    return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(grid) for c in range(grid)]
+
+
+def tile_frame(tiles: Sequence[npt.NDArray[np.uint8]], grid: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+    """One ``(height, width, 3)`` frame with ``tiles`` (``grid * grid`` images, any size) scaled into the cells of
+    :func:`grid_cells`, row by row (``cv2.INTER_AREA``)."""
+    cells = grid_cells(grid, width, height)
+    if len(tiles) != len(cells):
+        raise BenchError(f"a {grid}x{grid} grid needs {len(cells)} tiles, got {len(tiles)}")
+    out = np.zeros((height, width, 3), np.uint8)
+    for (x0, y0, x1, y1), tile in zip(cells, tiles, strict=True):
+        out[y0:y1, x0:x1] = cv2.resize(tile, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _looped_frames(video: str, skip: int) -> Iterator[npt.NDArray[np.uint8]]:
+    """RGB frames of ``video`` from frame ``skip`` on, starting over at its first frame after its last (forever)."""
+    while True:
+        n = 0
+        with av.open(video) as c:
+            for frame in c.decode(c.streams.video[0]):
+                n += 1
+                if skip > 0:
+                    skip -= 1
+                    continue
+                yield frame.to_ndarray(format="rgb24")  # type: ignore[misc]
+        if n == 0:
+            raise BenchError(f"{video} has no decodable frames")
+
+
+def tiled_copy(
+    video: str,
+    grid: int,
+    out_dir: Path,
+    *,
+    frames: int,
+    size: tuple[int, int] = (1280, 720),
+    gop_s: float = 1.0,
+) -> Path:
+    """A ``size`` H.264 copy of ``video`` with ``grid`` x ``grid`` scaled-down copies of it side by side (many small
+    faces), ``frames`` frames at the source's frame rate, cached in ``out_dir``.
+
+    Tile ``k`` (row by row) starts ``k * n / grid**2`` frames into the ``n``-frame source and loops, so the tiles
+    show different moments of the clip (different poses and expressions), not one picture repeated.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = Path(video)
+    st = src.stat()
+    key = f"{st.st_size:x}{st.st_mtime_ns % 16**6:x}"
+    path = out_dir / f"{src.stem}-{key}-tiled{grid}x{grid}-{size[0]}x{size[1]}-{frames}f.mp4"
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    width, height = size
+    try:
+        with av.open(video) as c:
+            vs = c.streams.video[0]
+            rate = Fraction(vs.average_rate or 25).limit_denominator(1001 * 1000)
+            n_src = int(vs.frames or 0) or sum(1 for _ in c.decode(vs))
+        tiles = grid * grid
+        feeds = [_looped_frames(video, (k * n_src) // tiles) for k in range(tiles)]
+        with staged_path(path, suffix=".part.mp4") as tmp, av.open(str(tmp), "w") as dst:
+            stream = h264_stream(dst, rate, width, height, gop=max(1, round(float(rate) * gop_s)))
+            for i in range(frames):
+                image = tile_frame([next(f) for f in feeds], grid, width, height)
+                out = av.VideoFrame.from_ndarray(image, format="rgb24")
+                out.pts = i
+                for pkt in stream.encode(out):
+                    dst.mux(pkt)
+            for pkt in stream.encode(None):
+                dst.mux(pkt)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise BenchError(f"cannot write the {grid}x{grid} tiled copy of {video}: {exc}") from exc
+    log.info("tiled copy video=%s grid=%d frames=%d path=%s", video, grid, frames, path)
     return path
 
 

@@ -16,13 +16,16 @@ log = logging.getLogger(__name__)
 
 SCENARIOS: dict[str, str] = {
     "engine": "bare faces/s per engine and model variant over batch sizes, on real face crops",
-    "pipeline": "end-to-end faces/s and frames/s through the broker vs the bare engine (efficiency), stage shares",
+    "pipeline": "end-to-end frames/s through the broker vs the sum of the bare stage costs (decode, detect, crop, "
+    "infer) and vs the bare engine; where the gap goes",
     "decode": "PyAV decode fps inside the worker vs bare StreamDecoder and av.open on the same packets",
     "latency": "p50/p95/p99 frame-to-event latency at 25/50/90 % of capacity, realtime ingest",
     "landmarks": "per-face cost: ExpNet vs MediaPipe labeller vs dlib-68 + 3DMM expression fit, same crops",
     "scaling": "streams per worker until it falls behind at 5 fps sampling; 1 vs 2 worker processes",
     "bottlenecks": "A/B pipeline runs of candidate fixes (OpenMP wait policy, detector size, ORT threads)",
     "detection": "`run` on the clip: previous defaults vs the detector on every frame vs tracker-driven detection",
+    "crowd": "many small faces: the clip tiled 3x3/4x4/6x6 into 1280x720 through `run`, default vs every-frame "
+    "detection",
 }
 ALL = ("engine", "pipeline", "decode", "latency", "landmarks", "scaling")
 """What ``bench all`` runs (``bottlenecks`` is run on its own)."""

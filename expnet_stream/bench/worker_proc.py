@@ -73,6 +73,7 @@ def run(config: Path, out: Path, ready: Path | None, max_seconds: float) -> dict
         "commits": stats.commits,
         "stages": worker.stages.breakdown(),
         "stage_seconds": dict(worker.stages.seconds),
+        "detect_reasons": dict(worker.pipeline.detect_reasons),
         "t_loaded": t_load,
         "t_first_record": first.get("t"),
         "t_stop": t_stop,

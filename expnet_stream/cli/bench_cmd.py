@@ -83,7 +83,8 @@ def register(subparsers: Any) -> None:
     """Add the ``bench`` command to the ``expnet-stream`` sub-command parsers."""
     s = subparsers.add_parser(
         "bench",
-        help="run a benchmark scenario (engine, pipeline, decode, latency, landmarks, scaling, bottlenecks) or all",
+        help="run a benchmark scenario (engine, pipeline, decode, latency, landmarks, scaling, bottlenecks, detection, "
+        "crowd) or all",
         description=__doc__,
     )
     s.add_argument("scenario", nargs="?", help="scenario name, or 'all' (every scenario but bottlenecks)")
@@ -95,18 +96,21 @@ def register(subparsers: Any) -> None:
         "--worker-env",
         action="append",
         metavar="KEY=VALUE",
-        help="environment of the measured worker processes, e.g. OMP_WAIT_POLICY=PASSIVE (repeat)",
+        help="environment of the measured worker processes, e.g. OMP_WAIT_POLICY=PASSIVE (repeat; default: inherited)",
     )
-    s.add_argument("--video", default=None, help="video file instead of the sample face video")
+    s.add_argument("--video", default=None, help="video file (default: the sample face video)")
     s.add_argument(
         "--onnx", default=None, help="ONNX model (with its .contract.json) instead of the scenario's default"
     )
-    s.add_argument("--variants", default=None, help="bottlenecks: comma-separated built-in variants to run")
+    s.add_argument(
+        "--variants", default=None, help="bottlenecks: comma-separated built-in variants to run (default: all)"
+    )
     s.add_argument(
         "--variant",
         action="append",
         metavar="NAME:KEY=VALUE,...",
-        help="bottlenecks: an extra variant with this worker environment, e.g. PYTHONPATH=DIR of a patched copy",
+        help="bottlenecks: an extra variant with this worker environment, e.g. PYTHONPATH=DIR of a patched copy "
+        "(default: none)",
     )
     s.add_argument("--json-stderr", action="store_true", help="print the per-scenario result lines on stderr")
     s.set_defaults(func=cmd_bench)

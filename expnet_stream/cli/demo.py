@@ -18,11 +18,12 @@ from rich.live import Live
 from rich.table import Table
 
 from ..client import Subscriber
-from ..config.settings import load_settings
+from ..config.settings import DEMO_CONFIG, load_settings
 from ..errors import ConfigError
 from ..events.aggregate_schema import EmotionAggregate
 from ..events.schema import FrameEvent, StreamSummary
 from ..kafka.broker import EmbeddedBroker
+from ..kafka.reach import require_broker
 from ..kafka.topics import ensure_topics
 from ..ops.health import HealthServer
 from ..video.ingest import ingest
@@ -30,17 +31,21 @@ from ..video.sample import sample_video
 from ..worker.runtime import build_detector, build_emotion_head, build_engine
 from ..worker.worker import Worker
 
-DEFAULT_CONFIG = Path("configs/demo.yaml")
-
 
 def _percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if values else None
+    return float(np.percentile(values, q)) if values else None
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1000 * seconds:.0f} ms"
 
 
 def run_demo(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    if args.bootstrap:
+        require_broker(args.bootstrap)
     videos = [str(v) for v in args.videos] or [str(sample_video())]
-    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config = args.config or DEMO_CONFIG
     run_id = uuid.uuid4().hex[:6]
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap = args.bootstrap or (broker.bootstrap if broker else "")
@@ -125,6 +130,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     summaries: dict[str, StreamSummary] = {}
     first_rx: float | None = None
     last_rx = t_start
+    finished = False  # the final table uses the summary's elapsed time (up to the last event received)
     deadline = time.monotonic() + args.timeout
 
     def table() -> Table:
@@ -143,12 +149,12 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             tb.add_row(
                 "last window",
                 f"{last.stream_id} {who} [{last.window_start:.1f}, {last.window_end:.1f}) s: {last.faces} faces, "
-                f"dominant {last.dominant_emotion or 'n/a (no emotion head)'}, stability {last.stability}",
+                f"dominant {last.dominant_emotion or 'n/a (no emotion head)'}, stability {last.stability:.2f}",
             )
-        el = max(1e-6, time.time() - t_start)
+        el = max(1e-6, (last_rx if finished else time.time()) - t_start)
         tb.add_row("throughput", f"{frames / el:.1f} frames/s")
         if latencies:
-            tb.add_row("latency p50/p99", f"{_percentile(latencies, 50)} / {_percentile(latencies, 99)} s")
+            tb.add_row("latency p50 / p99", f"{_ms(_percentile(latencies, 50))} / {_ms(_percentile(latencies, 99))}")
         return tb
 
     with Live(table(), console=console, refresh_per_second=4, transient=args.json) as live:
@@ -179,10 +185,13 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
                 elif isinstance(ev, StreamSummary):
                     summaries[ev.stream_id] = ev
             live.update(table())
-    # aggregates closed at end of stream are published just before the summaries, on another topic
-    for received in agg_sub.iter(timeout_s=10, idle_s=1.5):
-        if isinstance(received.event, EmotionAggregate):
-            aggregates.append(received.event)
+        # aggregates closed at end of stream are published just before the summaries, on another topic
+        for received in agg_sub.iter(timeout_s=10, idle_s=1.5):
+            if isinstance(received.event, EmotionAggregate):
+                aggregates.append(received.event)
+                live.update(table())
+        finished = True
+        live.update(table(), refresh=True)  # the numbers the summary below repeats
     worker.stop()
     worker_thread.join(timeout=30)
     worker.close()
@@ -219,8 +228,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
         ),
         "dead_letters": dict(worker.stats.dead_letters),
         "ingest_errors": ingest_errors,
-        "seconds": round(elapsed, 3),
-        "throughput_frames_per_s": round(frames / elapsed, 2),
+        "seconds": elapsed,
+        "throughput_frames_per_s": frames / elapsed,
         "latency_s": {
             "p50": _percentile(latencies, 50),
             "p99": _percentile(latencies, 99),
@@ -271,24 +280,25 @@ def _emotion_output(out: Any) -> str:
 
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    """The summary for people (rounded; `--json` has the exact numbers), with the live table's labels."""
     tb = Table(title="demo summary", show_header=False)
-    for key in (
-        "model_id",
-        "broker",
-        "detector",
-        "pacing",
-        "streams_completed",
-        "frames_ingested",
-        "frames_decoded",
-        "frames_sampled",
-        "frames_with_faces",
-        "faces",
-        "events_published",
-        "events_received",
-        "aggregates_received",
-        "throughput_frames_per_s",
+    for label, key in (
+        ("model", "model_id"),
+        ("broker", "broker"),
+        ("detector", "detector"),
+        ("pacing", "pacing"),
+        ("streams done", "streams_completed"),
+        ("packets ingested", "frames_ingested"),
+        ("frames decoded", "frames_decoded"),
+        ("frames sampled", "frames_sampled"),
+        ("events published", "events_published"),
+        ("events received", "events_received"),
+        ("frames with faces", "frames_with_faces"),
+        ("faces", "faces"),
+        ("emotion aggregates", "aggregates_received"),
     ):
-        tb.add_row(key, str(s[key]))
+        tb.add_row(label, str(s[key]))
+    tb.add_row("throughput", f"{s['throughput_frames_per_s']:.1f} frames/s")
     tb.add_row("emotion output", s["emotion_output"])
     if s["top_emotion_share"]:
         tb.add_row("top emotion per face", _shares(Counter(s["top_emotion_share"])))
@@ -297,7 +307,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
             "dominant emotion of stream windows",
             ", ".join(f"{k} {v}" for k, v in s["dominant_emotion_windows"].items()),
         )
-    tb.add_row("latency p50 / p99 (s)", f"{s['latency_s']['p50']} / {s['latency_s']['p99']}")
+    tb.add_row("latency p50 / p99", f"{_ms(s['latency_s']['p50'])} / {_ms(s['latency_s']['p99'])}")
     for stage, v in s["stages"].items():
         tb.add_row(f"stage {stage}", f"{v['seconds']:.2f} s ({100 * v['share']:.0f}%)")
     if s["dead_letters"]:

@@ -103,17 +103,21 @@ def register(subparsers: Any) -> None:
     s.add_argument("--skip-existing", action="store_true", help="exit 0 without building when a valid plan exists")
     s.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
     s.add_argument("--int8", action="store_true", help="INT8 (explicit Q/DQ in the ONNX, else calibrate on --calib)")
-    s.add_argument("--calib", type=Path, default=None, help="folder of face images for INT8 calibration")
+    s.add_argument(
+        "--calib", type=Path, default=None, help="folder of face images for INT8 calibration (default: none)"
+    )
     s.add_argument(
         "--calib-detector",
         default=None,
         help="detect faces in --calib images with this plugin (default: images are crops)",
     )
-    s.add_argument("--min-batch", type=int, default=1)
-    s.add_argument("--opt-batch", type=int, default=8)
-    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--min-batch", type=int, default=1, help="smallest batch of the optimisation profile")
+    s.add_argument("--opt-batch", type=int, default=8, help="batch the kernels are tuned for")
+    s.add_argument("--max-batch", type=int, default=32, help="largest batch of the optimisation profile")
     s.add_argument("--workspace-mb", type=int, default=4096, help="builder workspace memory pool limit")
-    s.add_argument("--timing-cache", type=Path, default=None, help="persistent timing cache file (read and updated)")
+    s.add_argument(
+        "--timing-cache", type=Path, default=None, help="persistent timing cache file, read and updated (default: none)"
+    )
     s.add_argument(
         "--tolerance",
         type=float,

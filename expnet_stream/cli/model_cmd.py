@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     s.add_argument("dir", metavar="DIR", help="folder with ini_exprNet_model.ckpt.* and 3DMM_expr_mean.npy")
     s.add_argument("--out", required=True, help="checkpoint file to write (load with load_checkpoint / --checkpoint)")
-    s.add_argument("--onnx", default=None, help="also export ONNX (checked against torch) with its contract here")
+    s.add_argument(
+        "--onnx",
+        default=None,
+        help="also export ONNX (checked against torch) with its contract here (default: no ONNX)",
+    )
     s.add_argument("--no-verify", action="store_true", help="skip the crc32c check of the tensor data")
     s.set_defaults(func=cmd_import_official)
 

@@ -34,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--stream", default=None, help="stream id (default: the only stream in the events)")
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers (topic sources)")
-    s.add_argument("--aggregates-topic", default=None, help="also read aggregates from this topic")
+    s.add_argument(
+        "--aggregates-topic",
+        default=None,
+        help="also read aggregates from this topic (default: recompute shares from the frames)",
+    )
     s.add_argument("--timeout", type=float, default=60.0, help="stop reading a topic after this many seconds")
     s.add_argument("--idle", type=float, default=5.0, help="stop reading a topic after this many idle seconds")
     s.add_argument("--bin", type=float, default=None, help="window seconds for recomputed shares (default: auto)")

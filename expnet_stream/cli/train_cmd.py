@@ -150,15 +150,17 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("label", help="detect, crop and label the training/eval faces (MediaPipe; cached)")
     _common(p)
     p.add_argument("--sets", nargs="*", choices=["lfw_expressions", "videos", "jaffe", "fer2013"], help="default: all")
-    p.add_argument("--limit", type=int, default=None, help="at most this many images per labelled folder")
-    p.add_argument("--frames-per-video", type=int, default=200)
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many images per labelled folder (default: all)"
+    )
+    p.add_argument("--frames-per-video", type=int, default=200, help="frames sampled from each training video")
     p.add_argument("--small-face-px", type=float, default=32.0, help="face size of the low-resolution labels")
     p.add_argument("--force", action="store_true", help="rebuild caches that exist")
     p.set_defaults(func=cmd_label)
 
     p = subparsers.add_parser("select-basis", help="fit the candidate expression bases, compare, save the winner")
     _common(p)
-    p.add_argument("--out", default=None, help="write the comparison table (JSON) here")
+    p.add_argument("--out", default=None, help="write the comparison table (JSON) here (default: print only)")
     p.add_argument(
         "--no-save",
         action="store_true",
@@ -169,15 +171,22 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train ExpNet on the labeller's basis coefficients")
     _common(p)
     p.add_argument("--model", default="expnet_lite18.s112", help="registered model name (e.g. expnet_resnet101)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training faces")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per optimiser step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--max-train", type=int, default=None, help="subsample the training faces (scope cut)")
+    p.add_argument("--max-train", type=int, default=None, help="subsample the training faces (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    p.add_argument("--max-batches-per-epoch", type=int, default=None, help="cut every epoch short (smoke runs)")
-    p.add_argument("--init-from", default=None, help="warm start from a checkpoint's weights (new LR cycle)")
+    p.add_argument(
+        "--max-batches-per-epoch",
+        type=int,
+        default=None,
+        help="cut every epoch short, for smoke runs (default: whole epochs)",
+    )
+    p.add_argument(
+        "--init-from", default=None, help="warm start from a checkpoint's weights, new LR cycle (default: random init)"
+    )
     p.add_argument(
         "--emotion-cache",
         default="fer2013",
@@ -193,17 +202,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("checkpoint", help="a checkpoint written by train (best.pt / final.pt)")
     p.add_argument("--out", default=None, help="default: the package's models/weights folder")
     p.add_argument("--fp32", action="store_true", help="store float32 weights")
-    p.add_argument("--weights-tag", default=None, help="rename the weights (model id = <model>@<tag>)")
+    p.add_argument(
+        "--weights-tag",
+        default=None,
+        help="rename the weights, model id = <model>@<tag> (default: the checkpoint's tag)",
+    )
     p.set_defaults(func=cmd_ship)
 
     p = subparsers.add_parser("evaluate", help="fidelity, emotion protocol and speed report (JSON + PNG)")
     _common(p)
     p.add_argument("--model-path", default=None, help="ONNX model with its .contract.json (default: shipped model)")
-    p.add_argument("--out", default="expnet_stream/models/weights/report")
-    p.add_argument("--max-fidelity-faces", type=int, default=800)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="expnet_stream/models/weights/report", help="folder of report.json and the PNGs")
+    p.add_argument("--max-fidelity-faces", type=int, default=800, help="test faces of the fidelity part")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the speed part")
     p.add_argument("--video-fps", type=float, default=10.0, help="frames sampled per second of each evaluation clip")
-    p.add_argument("--video", action="append", help="another clip for the video part (repeatable), e.g. the demo clip")
+    p.add_argument(
+        "--video",
+        action="append",
+        help="another clip for the video part (repeatable), e.g. the demo clip (default: none)",
+    )
     p.add_argument(
         "--parts",
         nargs="+",

@@ -1,18 +1,22 @@
 """Worker settings: frozen pydantic models, loaded from YAML with ``EXPNET_`` environment overrides.
 
 Precedence, highest first: explicit overrides (CLI), environment (``EXPNET_KAFKA__BOOTSTRAP=...``,
-nested with ``__``), the YAML file, defaults.
+nested with ``__``), the YAML file, defaults. The defaults are the packaged settings: every command works without a
+file (``configs/worker.yaml`` in the repository is an example); :func:`setting_sources` says where each value came
+from (``expnet-stream config show``).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..aggregate.settings import TemporalSettings
@@ -135,6 +139,19 @@ class SamplingSettings(_Section):
     fps: float | None = Field(None, gt=0, description="frames per second to process per stream; None = every frame")
 
 
+_CLI_OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("expnet_cli_overrides", default=None)
+
+
+class _CliSource(PydanticBaseSettingsSource):
+    """The command line's overrides of one :func:`load_settings` call, above the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _CLI_OVERRIDES.get() or {}
+
+
 class WorkerSettings(BaseSettings):
     """Everything a worker needs. Load with :func:`load_settings`."""
 
@@ -183,8 +200,8 @@ class WorkerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init kwargs carry YAML merged with CLI overrides; environment wins over the file.
-        return env_settings, init_settings
+        # highest first: the command line (load_settings' overrides), the environment, the YAML file (init kwargs)
+        return _CliSource(settings_cls), env_settings, init_settings
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data with secrets masked (for `config show` and logs)."""
@@ -205,40 +222,95 @@ def _mask(data: Any, model: Any) -> Any:
     return data
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
+"""The settings of ``expnet-stream demo`` (fast group timings, small batches), packaged with the code."""
+
+_ENV_PREFIX = "EXPNET_"
+
+
+def _read_yaml(path: Path | str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config {p} must be a YAML mapping, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> WorkerSettings:
-    """Load worker settings from a YAML file, the environment and explicit overrides.
+    """Load worker settings: the packaged defaults, then a YAML file, the environment and explicit overrides.
 
     Raises :class:`ConfigError` naming each bad field.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {p}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {p} must be a YAML mapping, got {type(loaded).__name__}")
-        data = loaded or {}
-    if overrides:
-        data = _deep_merge(data, overrides)
+    data = _read_yaml(path) if path is not None else {}
     try:
-        return WorkerSettings(**data)
+        token = _CLI_OVERRIDES.set(overrides or {})
+        try:
+            return WorkerSettings(**data)
+        finally:
+            _CLI_OVERRIDES.reset(token)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid worker settings{where}: {problems}") from exc
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of the non-mapping values (and empty mappings) of nested data."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def setting_sources(
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None, *, environ: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Where each effective value of :func:`load_settings` ``(path, overrides)`` came from, by dotted key:
+    ``default`` (packaged), ``file <path>``, ``env <NAME>`` or ``command line``, by the same precedence."""
+    settings = load_settings(path, overrides)
+    keys = _leaves(settings.model_dump(mode="json"))
+    sources = dict.fromkeys(keys, "default")
+
+    def mark(key: str, source: str) -> None:
+        for k in keys:
+            if k == key or k.startswith(key + "."):
+                sources[k] = source
+
+    if path is not None:
+        for key in _leaves(_read_yaml(path)):
+            mark(key, f"file {path}")
+    for name in sorted(os.environ if environ is None else environ):
+        if name.upper().startswith(_ENV_PREFIX):
+            mark(name[len(_ENV_PREFIX) :].lower().replace("__", "."), f"env {name}")
+    for key in _leaves(overrides or {}):
+        mark(key, "command line")
+    return sources
+
+
+def settings_yaml_with_sources(settings: WorkerSettings, sources: dict[str, str]) -> str:
+    """The masked settings as YAML, each value followed by a comment naming its source."""
+    lines: list[str] = []
+
+    def emit(data: dict[str, Any], prefix: str, indent: str) -> None:
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                lines.append(f"{indent}{key}:")
+                emit(value, dotted + ".", indent + "  ")
+                continue
+            text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+            text = text.removesuffix("...").strip()
+            line = f"{indent}{key}: {text}"
+            lines.append(f"{line.ljust(44)}  # {sources.get(dotted, 'default')}")
+
+    emit(settings.masked(), "", "")
+    return "\n".join(lines) + "\n"

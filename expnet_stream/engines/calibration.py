@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..fileio import Buffer, atomic_write_bytes
 from ..models.contract import PreprocessContract
 from .manifest import EngineBuildError
 
@@ -124,8 +126,15 @@ def parity_crops(
     return np.ascontiguousarray(crops), "skimage:astronaut"
 
 
-def make_calibrator(trt: Any, batches: list[npt.NDArray[np.float32]], cache: Path, device: str, write: Any) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``batches`` from a device buffer; ``write(path, data)`` saves it."""
+def make_calibrator(
+    trt: Any,
+    batches: list[npt.NDArray[np.float32]],
+    cache: Path,
+    device: str,
+    write: Callable[[Path, Buffer], object] = atomic_write_bytes,
+) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``batches`` from a device buffer; ``write(path, data)`` saves its cache
+    (default :func:`~expnet_stream.fileio.atomic_write_bytes`: atomic, 0644, readable by the worker user)."""
     import torch
 
     base = trt.IInt8EntropyCalibrator2
@@ -155,7 +164,7 @@ def make_calibrator(trt: Any, batches: list[npt.NDArray[np.float32]], cache: Pat
             return None
 
         def write_calibration_cache(self, data: Any) -> None:
-            write(cache, bytes(memoryview(data)))
+            write(cache, memoryview(data).cast("B"))
 
     return _Calibrator()
 

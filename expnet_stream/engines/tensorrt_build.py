@@ -15,12 +15,9 @@ the GPU check) and:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import EngineError, ModelError
+from ..fileio import Buffer, atomic_write_bytes, bytes_sha256, staged_path
 from ..models.contract import PreprocessContract, contract_path_for
 from .base import Engine
 from .calibration import face_crops_from_dir, fill_batches, make_calibrator, parity_crops
@@ -49,7 +47,7 @@ from .manifest import (
     precision_name,
     utc_now,
 )
-from .tensorrt_engine import TrtEngine, make_logger, tensorrt_environment, trt_version
+from .tensorrt_runtime import TrtEngine, make_logger, tensorrt_environment, trt_version
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +94,12 @@ def _has_qdq(onnx_bytes: bytes) -> bool:
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _atomic_write(path: Path, data: Buffer) -> None:
+    """Write a plan-side file (timing cache, calibration cache, rejected plan) 0644 via :mod:`expnet_stream.fileio`."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise EngineBuildError(f"cannot write {path}: {exc}") from exc
 
 
@@ -315,13 +310,11 @@ def build_engine(
             f"TensorRT failed to build {onnx_path} ({precision}, {gpu.name}): "
             f"{'; '.join(log.errors) or 'no error reported'}"
         )
-    plan = bytes(memoryview(serialized))
+    plan = memoryview(serialized).cast("B")  # no copy of a large plan; written and hashed from the buffer
     build_seconds = time.monotonic() - started
     if cache_path is not None:
-        _atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        _atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()).cast("B"))
         logger.info("saved timing cache path=%s", cache_path)
-
-    import hashlib
 
     manifest = Manifest(
         model_id=contract.model_id,
@@ -336,51 +329,44 @@ def build_engine(
             Profile(input_name=contract.input_name, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2]),
         ),
         contract=contract,
-        plan_sha256=hashlib.sha256(plan).hexdigest(),
+        plan_sha256=bytes_sha256(plan),
         plan_bytes=len(plan),
         built_at=utc_now(),
         build_seconds=round(build_seconds, 3),
         builder=builder_info,
     )
-    with _temp_plan(target, plan) as tmp_plan:
-        sizes = sorted({min_batch, opt_batch, max_batch})
-        crops, source = parity_crops(contract, max_batch, folder=parity_dir if parity_dir is not None else calib_dir)
-        x = contract.normalize(crops)
-        with TrtEngine(tmp_plan, manifest=manifest, device_index=device_index, trt_module=trt) as engine:
-            report = _parity(engine, onnx_path, contract, x, sizes, tolerance=tol, source=source)
-        manifest = manifest.model_copy(update={"parity": report})
-        logger.info(
-            "parity vs onnxruntime model_id=%s rel_error=%.3g max_abs_diff=%.3g tolerance=%.3g passed=%s",
-            contract.model_id, report.rel_error, report.max_abs_diff, tol, report.passed,
-        )  # fmt: skip
-        if not report.passed:
-            rejected = target / f"{PLAN_NAME}.rejected"
-            os.replace(tmp_plan, rejected)
-            manifest.model_copy(update={"plan_file": rejected.name}).to_json(target / REJECTED_MANIFEST_NAME)
-            raise ParityError(
-                f"TensorRT plan of {contract.model_id} ({precision}, {gpu.name}) differs from ONNX Runtime: relative "
-                f"error {report.rel_error:.3g} (max abs diff {report.max_abs_diff:.3g}, max |output| "
-                f"{report.max_abs_reference:.3g}) > tolerance {tol:.3g} on {report.samples} crops from {source}. "
-                f"Not installed; kept as {rejected} with {target / REJECTED_MANIFEST_NAME}"
+    try:
+        # The plan is staged beside model.plan (0644) and installed by the rename at the end of the block only when
+        # the parity check passed; a failed check (or any error) removes the staged file.
+        with staged_path(target / PLAN_NAME, suffix=".plan.tmp") as tmp_plan:
+            tmp_plan.write_bytes(plan)
+            sizes = sorted({min_batch, opt_batch, max_batch})
+            crops, source = parity_crops(
+                contract, max_batch, folder=parity_dir if parity_dir is not None else calib_dir
             )
-        (target / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest over a new plan
-        os.replace(tmp_plan, target / PLAN_NAME)
+            x = contract.normalize(crops)
+            with TrtEngine(tmp_plan, manifest=manifest, device_index=device_index, trt_module=trt) as engine:
+                report = _parity(engine, onnx_path, contract, x, sizes, tolerance=tol, source=source)
+            manifest = manifest.model_copy(update={"parity": report})
+            logger.info(
+                "parity vs onnxruntime model_id=%s rel_error=%.3g max_abs_diff=%.3g tolerance=%.3g passed=%s",
+                contract.model_id, report.rel_error, report.max_abs_diff, tol, report.passed,
+            )  # fmt: skip
+            if not report.passed:
+                rejected = target / f"{PLAN_NAME}.rejected"
+                _atomic_write(rejected, plan)
+                manifest.model_copy(update={"plan_file": rejected.name}).to_json(target / REJECTED_MANIFEST_NAME)
+                raise ParityError(
+                    f"TensorRT plan of {contract.model_id} ({precision}, {gpu.name}) differs from ONNX Runtime: "
+                    f"relative error {report.rel_error:.3g} (max abs diff {report.max_abs_diff:.3g}, max |output| "
+                    f"{report.max_abs_reference:.3g}) > tolerance {tol:.3g} on {report.samples} crops from {source}. "
+                    f"Not installed; kept as {rejected} with {target / REJECTED_MANIFEST_NAME}"
+                )
+            (target / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest over a new plan
+    except OSError as exc:
+        raise EngineBuildError(f"cannot write the plan into {target}: {exc}") from exc
     manifest.to_json(target / MANIFEST_NAME)
     for stale in (target / f"{PLAN_NAME}.rejected", target / REJECTED_MANIFEST_NAME):
         stale.unlink(missing_ok=True)
     logger.info("wrote tensorrt plan dir=%s bytes=%d seconds=%.1f", target, len(plan), build_seconds)
     return manifest
-
-
-@contextlib.contextmanager
-def _temp_plan(folder: Path, plan: bytes) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix=".model.", suffix=".plan.tmp", dir=folder)
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(plan)
-        yield path
-    except OSError as exc:
-        raise EngineBuildError(f"cannot write the plan into {folder}: {exc}") from exc
-    finally:
-        path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from .schema import COEFF_DTYPE, NUM_COEFFS, _Event
+from .envelope import COEFF_DTYPE, NUM_COEFFS, _Event
 
 WindowKind = Literal["tumbling", "sliding"]
 ClosedBy = Literal["watermark", "end_of_stream", "revoke"]

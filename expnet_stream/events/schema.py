@@ -15,13 +15,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
-"""Version of the message types unchanged since the first release; a type that changed carries its own (e.g.
-:class:`StreamSummary` is version 2) in its ``v`` default."""
-#: Versions this release can read. A change of the contract is a new version; old ones stay readable.
-SUPPORTED_VERSIONS = frozenset({1, 2})
-NUM_COEFFS = 29
-COEFF_DTYPE = np.dtype("<f4")
+from .aggregate_schema import EmotionAggregate
+from .envelope import COEFF_DTYPE as COEFF_DTYPE
+from .envelope import NUM_COEFFS as NUM_COEFFS
+from .envelope import SCHEMA_VERSION as SCHEMA_VERSION
+from .envelope import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
+from .envelope import _Event
 
 # Limits every numeric input field is validated against at the schema, so hostile values get a precise reason
 # (the dead-letter ``detail`` names the field) instead of failing deep in the decoder.
@@ -46,12 +45,6 @@ Timestamp = Annotated[int, Field(ge=-MAX_TIMESTAMP, le=MAX_TIMESTAMP)]
 Dimension = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]
 UnixTime = Annotated[float, Field(allow_inf_nan=False)]
 CodecName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
-
-
-class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    v: int = Field(SCHEMA_VERSION, description="schema version of this message")
 
 
 class StreamStart(_Event):
@@ -247,6 +240,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     "frame": FrameEvent,
     "stream_summary": StreamSummary,
     "dead_letter": DeadLetter,
+    "emotion_aggregate": EmotionAggregate,
 }
 
 
@@ -263,9 +257,3 @@ def pack_coeffs(values: npt.ArrayLike) -> bytes:
     if arr.shape != (NUM_COEFFS,):
         raise ValueError(f"expected {NUM_COEFFS} coefficients, got shape {arr.shape}")
     return arr.tobytes()
-
-
-# Registered here, after EVENT_TYPES exists: aggregate_schema imports _Event from this module.
-from .aggregate_schema import EmotionAggregate  # noqa: E402
-
-EVENT_TYPES["emotion_aggregate"] = EmotionAggregate

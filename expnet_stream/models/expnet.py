@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .contract import PreprocessContract
-from .registry import register_model
+from .entrypoints import register_model
 from .resnet import ResNetTrunk, build_resnet, init_weights
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, ExportError, ModelError
-from ..fileio import file_sha256
+from ..fileio import file_sha256, staged_path
 from .contract import PreprocessContract, contract_path_for
 from .registry import create_model
 
@@ -147,33 +146,29 @@ def export_onnx(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".tmp.onnx", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        _torch_export(model, contract, tmp, opset)
-        _embed_metadata(tmp, contract)
-        diff, scale = _max_abs_diff(model, contract, tmp)
-        tol = atol + rtol * scale
-        logger.info(
-            "onnx export check model_id=%s max_abs_diff=%.3g tolerance=%.3g max_abs_output=%.3g opset=%d",
-            contract.model_id,
-            diff,
-            tol,
-            scale,
-            opset,
-        )
-        if not diff <= tol:  # also catches NaN
-            raise ExportError(
-                f"ONNX Runtime output of {contract.model_id} differs from torch: max abs diff {diff:.3g} > "
-                f"tolerance {tol:.3g} (atol={atol}, rtol={rtol}, max |output| {scale:.3g})"
+        # staged beside out_path, installed (0644) by the rename at the end of the block only if the check passes
+        with staged_path(out_path, suffix=".tmp.onnx") as tmp:
+            _torch_export(model, contract, tmp, opset)
+            _embed_metadata(tmp, contract)
+            diff, scale = _max_abs_diff(model, contract, tmp)
+            tol = atol + rtol * scale
+            logger.info(
+                "onnx export check model_id=%s max_abs_diff=%.3g tolerance=%.3g max_abs_output=%.3g opset=%d",
+                contract.model_id,
+                diff,
+                tol,
+                scale,
+                opset,
             )
-        contract.to_json(contract_path_for(out_path))
-        os.replace(tmp, out_path)
+            if not diff <= tol:  # also catches NaN
+                raise ExportError(
+                    f"ONNX Runtime output of {contract.model_id} differs from torch: max abs diff {diff:.3g} > "
+                    f"tolerance {tol:.3g} (atol={atol}, rtol={rtol}, max |output| {scale:.3g})"
+                )
+            contract.to_json(contract_path_for(out_path))
     except OSError as exc:
         raise ExportError(f"cannot write {out_path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("exported onnx path=%s model_id=%s sha256=%s", out_path, contract.model_id, file_sha256(out_path))
     return out_path
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .contract import PreprocessContract
+from .entrypoints import register_model
 from .expnet import ExpNet, build_seeded, untrained_contract
-from .registry import register_model
 from .resnet import BasicBlock, caffe_block_name
 
 logger = logging.getLogger(__name__)

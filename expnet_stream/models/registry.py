@@ -14,18 +14,22 @@ import json
 import logging
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import torch
 
 from ..errors import ModelError
-from .contract import PreprocessContract
+from ..fileio import atomic_writer
 
-if TYPE_CHECKING:
-    from .expnet import ExpNet
+# The built-in variants register themselves (with the decorator of the leaf module `entrypoints`) when imported.
+from . import expnet as _expnet  # noqa: F401
+from . import light as _light  # noqa: F401
+from .contract import PreprocessContract
+from .entrypoints import ENTRYPOINTS as _ENTRYPOINTS
+from .entrypoints import ModelEntrypoint as ModelEntrypoint
+from .entrypoints import register_model as register_model
+from .expnet import ExpNet
 
 logger = logging.getLogger(__name__)
 
@@ -33,37 +37,13 @@ __all__ = ["CHECKPOINT_FORMAT", "create_model", "list_models", "load_checkpoint"
 
 CHECKPOINT_FORMAT = "expnet-stream/checkpoint-v1"
 
-ModelEntrypoint = Callable[..., "tuple[ExpNet, PreprocessContract]"]
-_F = TypeVar("_F", bound=ModelEntrypoint)
-
-_ENTRYPOINTS: dict[str, ModelEntrypoint] = {}
-
-
-def register_model(name: str) -> Callable[[_F], _F]:
-    """Register ``fn(*, seed: int | None) -> (model, contract)`` under ``name`` (may hold a ``.tag``)."""
-
-    def decorator(fn: _F) -> _F:
-        if name in _ENTRYPOINTS and _ENTRYPOINTS[name] is not fn:
-            raise ModelError(f"model {name!r} is already registered")
-        _ENTRYPOINTS[name] = fn
-        return fn
-
-    return decorator
-
-
-def _load_builtins() -> None:
-    from . import expnet as _expnet  # noqa: F401  (registers the built-in variants)
-    from . import light as _light  # noqa: F401  (the shipped light variant)
-
 
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered names matching a shell-style ``pattern``, e.g. ``list_models("expnet_resnet18*")``."""
-    _load_builtins()
     return sorted(n for n in _ENTRYPOINTS if fnmatch.fnmatchcase(n, pattern))
 
 
 def _entrypoint(name: str) -> ModelEntrypoint:
-    _load_builtins()
     try:
         return _ENTRYPOINTS[name]
     except KeyError as exc:
@@ -97,13 +77,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module, contra
         "contract": contract.model_dump_json(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_writer(path) as fh:
             torch.save(payload, fh)
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"cannot write checkpoint {path}: {exc}") from exc
     logger.info("saved checkpoint path=%s model_id=%s", path, contract.model_id)
     return path

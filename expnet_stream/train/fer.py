@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from ..errors import ExpNetError
 from ..faces.crop import crop_faces
+from ..fileio import atomic_writer
 from ..models.emotion import FER_CLASSES
 from .sources import LABEL_CROP, WIDE_CROP, WIDE_EXPAND, label_contract, pick_face
 
@@ -162,21 +163,20 @@ def build_fer_cache(
             labeller.close()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        ids=data["id"][:limit],
-        split=data["split"][:limit],
-        labels=data["label"][:limit],
-        boxes=boxes,
-        detected=found,
-        crops=crops,
-        full_found=lab_found,
-        full_landmarks=lms,
-        full_blendshapes=bss,
-        meta_version=np.asarray(FER_CACHE_VERSION),
-    )
-    os.replace(tmp, out_path)
+    with atomic_writer(out_path) as fh:
+        np.savez(
+            fh,
+            ids=data["id"][:limit],
+            split=data["split"][:limit],
+            labels=data["label"][:limit],
+            boxes=boxes,
+            detected=found,
+            crops=crops,
+            full_found=lab_found,
+            full_landmarks=lms,
+            full_blendshapes=bss,
+            meta_version=np.asarray(FER_CACHE_VERSION),
+        )
     logger.info(
         "fer2013 cache written path=%s faces=%d detected=%d labelled=%d",
         out_path,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
+from ..fileio import atomic_write_bytes
 from ..models.contract import PreprocessContract, contract_path_for
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def ship_model(
             else:
                 logger.warning("fp16 storage breaks parity max_abs_diff=%.3g > %.3g: shipping float32", diff, atol)
         info["onnx_storage"] = "float16" if chosen != fp32 else "float32"
-        os.replace(chosen, onnx_path)
+        atomic_write_bytes(onnx_path, chosen.read_bytes())  # 0644 whatever the umask; readers never see a partial
     contract.to_json(contract_path_for(onnx_path))
     pt_path = out / f"{stem}.pt"
     if fp16:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from ..errors import ExpNetError
 from ..faces.crop import crop_faces
+from ..fileio import atomic_writer
 from ..models.contract import PreprocessContract
 
 logger = logging.getLogger(__name__)
@@ -234,9 +235,8 @@ def build_face_cache(
     arrays["meta_version"] = np.asarray(CACHE_VERSION)
     arrays["meta_small_face_px"] = np.asarray(small_face_px)
     arrays["meta_counts"] = np.asarray([n_seen, n_nodet])
-    tmp = out_path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, out_path)
+    with atomic_writer(out_path) as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
     logger.info(
         "face cache written path=%s images=%d no_face=%d labelled_full=%d labelled_small=%d",
         out_path,

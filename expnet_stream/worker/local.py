@@ -30,6 +30,7 @@ class LocalRunResult:
     decode_errors: int = 0
     seconds: float = 0.0
     stages: StageTimes = field(default_factory=StageTimes)
+    detect_reasons: dict[str, int] = field(default_factory=dict)  # why the detector ran (Pipeline.detect_reasons)
 
 
 def run_local(
@@ -79,4 +80,5 @@ def run_local(
             pipeline.pump()
     pipeline.pump(force=True)
     result.seconds = time.perf_counter() - t0
+    result.detect_reasons = dict(pipeline.detect_reasons)
     return result

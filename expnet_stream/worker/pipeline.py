@@ -118,7 +118,8 @@ class StreamState:
 
 @dataclass
 class _Work:
-    """One queue entry, completed in FIFO order. Holds crops, never the decoded frame."""
+    """One queue entry, completed in FIFO order. Holds its decoded image only until its faces are found (then the
+    crops)."""
 
     stream: StreamState
     pts: int | None = None
@@ -135,6 +136,14 @@ class _Work:
     replay: bool = False
     tracked: bool = False  # track ids assigned at detection time (detect-every-n)
     predicted: bool = False  # boxes predicted by the tracker, not detected
+    # faces not found yet: detection runs batched across the queued frames of all streams (see Pipeline._resolve)
+    image: npt.NDArray[np.uint8] | None = None
+    pending: bool = False
+    frame_time: float = 0.0  # the decoded frame's pts_time
+    index: int = 0  # sampling slot or frame index: picks the scheduled detection frames
+    keyframe: bool = False  # the first sampled frame from a keyframe on
+    cut: bool = False  # a scene cut before this frame
+    error: tuple[str, BaseException] | None = None  # finding its faces failed: dead-lettered in FIFO order
     after: list[Source] = field(default_factory=list)  # control sources finished together with this entry
     released: list[Source] | None = None  # sources _finish took from the stream's outstanding list
     enqueued: float = field(default_factory=time.monotonic)
@@ -208,6 +217,7 @@ class Pipeline:
         #: why the detector ran on frames tracked between detections (schedule, keyframe, scene_cut, weak_track)
         self.detect_reasons: dict[str, int] = {}
         self._queued_faces = 0
+        self._pending = 0  # queued frames whose faces are not found yet
 
     # ---------------------------------------------------------------- input
     def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, *, replay: bool = False) -> None:
@@ -341,51 +351,140 @@ class Pipeline:
                 elif not sampled:
                     obs.frame_skipped(source.partition)
             if sampled and (not replayed or self.rebuild):
-                dets = self._detect(state, frame, work)
-                if self.observer is not None and len(dets):
-                    self.observer.faces(len(dets))
-                with self.stages.time("crop"):
-                    crops = crop_faces(frame.image, dets.xyxy, self.contract) if len(dets) else None
-                work.dets, work.crops = dets, crops
-                self._queued_faces += len(dets)
+                self._defer(state, frame, work)
             self._queue.append(work)
 
-    def _detect(self, state: StreamState, frame: DecodedFrame, work: _Work) -> Detections:
-        """Faces of a sampled frame. With ``temporal.tracker.detect_every_n > 1`` the detector runs on every n-th
-        sampled frame only; the frames between get the tracks' predicted boxes (quality flag ``predicted``)."""
+    # ---------------------------------------------------------------- faces, batched across streams
+    @property
+    def _tracker_driven(self) -> bool:
         t = self.temporal
-        if t is None or not t.settings.tracker.enabled or t.settings.tracker.detect_every_n <= 1:
-            with self.stages.time("detect"):
-                return self.detector.detect(frame.image)
+        return t is not None and t.settings.tracker.enabled and t.settings.tracker.detect_every_n > 1
+
+    def _defer(self, state: StreamState, frame: DecodedFrame, work: _Work) -> None:
+        """Queue a sampled frame whose faces are found later (:meth:`_resolve`), with what the detection schedule
+        needs from its decode order."""
+        work.image, work.pending, work.frame_time = frame.image, True, float(frame.pts_time)
+        self._pending += 1
+        if not self._tracker_driven:
+            return
+        assert self.temporal is not None
         # the sampling slot (or frame index) picks the detection frames, so a replay picks the same ones; the
         # triggers depend on this GOP only (a replay starts at a keyframe, where one fires anyway)
-        index = state.last_slot if self.sample_fps is not None and state.last_slot is not None else work.frame_seq
-        work.tracked = True
-        pts_time = float(frame.pts_time)
-        ts = t.settings.tracker
-        h, w = frame.image.shape[:2]
+        work.index = state.last_slot if self.sample_fps is not None and state.last_slot is not None else work.frame_seq
         # the first sampled frame from a keyframe on: detect and re-anchor the tracks there (a replay starts there)
-        keyframe, state.keyframe_pending = state.keyframe_pending, False
-        cut = self._scene_cut(state, frame.image, ts.scene_cut_threshold)
-        reason = (
-            "schedule"
-            if t.detect_due(index)
-            else "keyframe"
-            if ts.redetect_on_keyframe and keyframe
-            else "scene_cut"
-            if cut
-            else "weak_track"
-            if t.weak_tracks(state.stream_id, pts_time, w, h)
-            else None
-        )
-        if reason is not None:
-            self.detect_reasons[reason] = self.detect_reasons.get(reason, 0) + 1
-            with self.stages.time("detect"):
-                dets = self.detector.detect(frame.image)
-            dets = t.track(state.stream_id, pts_time, dets, anchor=keyframe and ts.redetect_on_keyframe)
-            return self._maybe_restore_ids(state, work.frame_seq, dets)
-        work.predicted = True
-        return self._maybe_restore_ids(state, work.frame_seq, t.predict(state.stream_id, pts_time))
+        work.keyframe, state.keyframe_pending = state.keyframe_pending, False
+        work.cut = self._scene_cut(state, frame.image, self.temporal.settings.tracker.scene_cut_threshold)
+
+    def _detect_reason(self, work: _Work) -> str | None:
+        """Why the detector runs on this frame ("" = every frame is detected), or None: the tracks' predicted boxes.
+        Called in each stream's frame order, after the stream's earlier frames were tracked."""
+        t = self.temporal
+        if t is None or not self._tracker_driven:
+            return ""
+        ts = t.settings.tracker
+        if t.detect_due(work.index):
+            return "schedule"
+        if ts.redetect_on_keyframe and work.keyframe:
+            return "keyframe"
+        if work.cut:
+            return "scene_cut"
+        if t.weak_tracks(work.stream.stream_id, work.frame_time, work.width, work.height):
+            return "weak_track"
+        return None
+
+    def _resolve(self) -> None:
+        """Find the faces of every queued frame that waits for them: the detector runs once per round on one frame of
+        each stream that needs a detection (``detect_batch``: one engine call per frame size, on the accelerator
+        when the detector has one), the frames between detections get the tracks' predicted boxes (quality flag
+        ``predicted``). Each stream's frames are tracked in their order: a stream's next frame waits for the
+        previous detection's tracks."""
+        while self._pending:
+            batch: list[tuple[_Work, str]] = []
+            waiting: set[str] = set()  # streams with a frame in this round's detection
+            pending = [w for w in self._queue if w.pending]
+            if not pending:  # pragma: no cover - the count and the queue agree
+                self._pending = 0
+                break
+            for work in pending:
+                if not work.pending or work.stream.stream_id in waiting:
+                    continue
+                try:
+                    reason = self._detect_reason(work)
+                    if reason is None:
+                        self._found(work, self._predict(work))
+                        continue
+                except Exception as exc:
+                    self._found(work, None, ("detect_error", exc))
+                    continue
+                batch.append((work, reason))
+                waiting.add(work.stream.stream_id)
+            if not batch:
+                continue
+            found = self._detect_frames([w.image for w, _ in batch if w.image is not None])
+            for (work, reason), dets in zip(batch, found, strict=True):
+                if isinstance(dets, BaseException):
+                    self._found(work, None, ("detect_error", dets))
+                    continue
+                try:
+                    self._found(work, self._track(work, reason, dets))
+                except Exception as exc:
+                    self._found(work, None, ("detect_error", exc))
+
+    def _detect_frames(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections | BaseException]:
+        """The detector on several frames in one call; when that fails, frame by frame (a frame that fails again
+        gets its exception, so only it is dead-lettered)."""
+        with self.stages.time("detect"):
+            try:
+                found: list[Detections | BaseException] = list(self.detector.detect_batch(images))
+                if len(found) != len(images):
+                    raise ValueError(f"detect_batch returned {len(found)} results for {len(images)} frames")
+                return found
+            except Exception as exc:
+                if len(images) > 1:
+                    log.warning("detection of %d frames failed (%s); frame by frame", len(images), exc)
+                found = []
+                for image in images:
+                    try:
+                        found.append(self.detector.detect(image))
+                    except Exception as one:
+                        found.append(one)
+                return found
+
+    def _track(self, work: _Work, reason: str, dets: Detections) -> Detections:
+        if not reason:  # every frame detected: tracks are assigned with the temporal stage
+            return dets
+        t = self.temporal
+        assert t is not None
+        self.detect_reasons[reason] = self.detect_reasons.get(reason, 0) + 1
+        work.tracked = True
+        anchor = work.keyframe and t.settings.tracker.redetect_on_keyframe
+        dets = t.track(work.stream.stream_id, work.frame_time, dets, anchor=anchor)
+        return self._maybe_restore_ids(work.stream, work.frame_seq, dets)
+
+    def _predict(self, work: _Work) -> Detections:
+        assert self.temporal is not None
+        work.tracked = work.predicted = True
+        dets = self.temporal.predict(work.stream.stream_id, work.frame_time)
+        return self._maybe_restore_ids(work.stream, work.frame_seq, dets)
+
+    def _found(self, work: _Work, dets: Detections | None, error: tuple[str, BaseException] | None = None) -> None:
+        """A frame's faces are known: crop them (the decoded image is dropped here)."""
+        image, work.image, work.pending = work.image, None, False
+        self._pending -= 1
+        if error is None and dets is not None and len(dets) and image is not None:
+            try:
+                with self.stages.time("crop"):
+                    work.crops = crop_faces(image, dets.xyxy, self.contract)
+            except Exception as exc:
+                error = ("crop_error", exc)
+        if error is not None:
+            work.error, work.dets, work.crops = error, None, None
+            return
+        work.dets = dets
+        if dets is not None and len(dets):
+            self._queued_faces += len(dets)
+            if self.observer is not None:
+                self.observer.faces(len(dets))
 
     @staticmethod
     def _scene_cut(state: StreamState, image: npt.NDArray[np.uint8], threshold: float) -> bool:
@@ -411,13 +510,19 @@ class Pipeline:
 
     # ---------------------------------------------------------------- batching
     def due(self, now: float | None = None) -> bool:
-        """Whether a batch should run now (full, or its oldest face waited max_wait)."""
+        """Whether a batch should run now: full (faces, or frames waiting for detection), or its oldest frame
+        waited max_wait."""
         if not self._queue:
             return False
+        if self._pending >= self.max_batch:
+            return True
+        return self._due_found(now)
+
+    def _due_found(self, now: float | None = None) -> bool:
         if self._queued_faces >= self.max_batch:
             return True
         head = self._queue[0]
-        if head.n_faces == 0:
+        if head.n_faces == 0 and not head.pending:
             return True
         return ((now or time.monotonic()) - head.enqueued) >= self.max_wait_s
 
@@ -425,6 +530,9 @@ class Pipeline:
         """Run due batches (all queued work when ``force``); returns the number of events emitted."""
         emitted = 0
         while self._queue and (force or self.due()):
+            self._resolve()
+            if not force and not self._due_found():  # faces found; they wait for their batch to fill
+                break
             emitted += self._run_batch()
         return emitted
 
@@ -450,6 +558,9 @@ class Pipeline:
         row = 0
         for work in take:
             n = work.n_faces
+            if work.error is not None:
+                self._failed(work, work.error[0], work.error[1])
+                continue
             emitted += self._finish_guarded(
                 work, coeffs[row : row + n], None if probs is None else probs[row : row + n]
             )
@@ -474,6 +585,9 @@ class Pipeline:
 
     def _run_one(self, work: _Work) -> int:
         """A frame of a failed batch on its own: a second failure dead-letters it (never retried forever)."""
+        if work.error is not None:
+            self._failed(work, work.error[0], work.error[1])
+            return 0
         try:
             coeffs, probs = self._infer([work])
         except Exception as exc:

@@ -11,6 +11,7 @@ from ..aggregate.temporal import StreamTemporal
 from ..config.settings import WorkerSettings
 from ..engines import create_engine
 from ..engines.base import Engine
+from ..errors import EngineError
 from ..faces.detector import FaceDetector
 from .pipeline import EmotionClassifier
 
@@ -27,6 +28,21 @@ def build_detector(settings: WorkerSettings) -> FaceDetector:
     if not isinstance(detector, FaceDetector):  # pragma: no cover - registry already checks the class
         raise TypeError(f"{settings.detector.name} is not a FaceDetector")
     return detector
+
+
+def _shipped_checkpoint() -> Path:
+    """The shipped model's torch checkpoint, for engine ``torch``. A source checkout has it; the wheel leaves it out
+    (the ONNX Runtime and TensorRT engines never read it), so an installed package needs ``model.checkpoint``."""
+    from ..models.weights import DEFAULT_MODEL_ID, WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / f"{DEFAULT_MODEL_ID}.pt"
+    if not path.is_file():
+        raise EngineError(
+            f"engine 'torch' needs the torch checkpoint of the shipped model ({path.name}), which the wheel leaves "
+            "out: set model.checkpoint (EXPNET_MODEL__CHECKPOINT) to that file from a source checkout, or use the "
+            "GPU image (deploy/tensorrt/Dockerfile), which has it"
+        )
+    return path
 
 
 def build_engine(settings: WorkerSettings) -> Engine:
@@ -52,7 +68,10 @@ def build_engine(settings: WorkerSettings) -> Engine:
             device_index=m.gpu_index,
         )
     else:
-        opts.update(checkpoint=m.checkpoint, device=m.device, cuda_graphs=m.cuda_graphs, intra_op_threads=m.threads)
+        checkpoint = m.checkpoint
+        if checkpoint is None and m.onnx is None and m.name == DEFAULT_MODEL:
+            checkpoint = _shipped_checkpoint()
+        opts.update(checkpoint=checkpoint, device=m.device, cuda_graphs=m.cuda_graphs, intra_op_threads=m.threads)
     engine = create_engine(m.engine, onnx_path, **opts)
     if not engine.contract.trained:
         log.warning(

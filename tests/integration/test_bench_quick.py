@@ -56,7 +56,14 @@ def test_engine_pipeline_decode_quick(tmp_path: Path, face_video: tuple[Path, li
     assert one["faces"] >= sum(face_video[1]) - 2
     s = pipe["summary"]
     assert _positive(s["pipeline_faces_per_s"]) and _positive(s["bare_engine_faces_per_s"])
-    assert 0 < s["pipeline_efficiency"] < 10
+    assert 0 < s["engine_efficiency"] < 10
+    assert _positive(s["bound_frames_per_s"]) and 0 < s["stage_sum_efficiency"] < 10
+    assert set(s["bare_ms_per_frame"]) == {"decode", "detect", "crop", "infer"}
+    assert all(_positive(v) for v in s["bare_ms_per_frame"].values())
+    gap = s["gap_ms_per_frame"]
+    assert math.isclose(sum(gap["parts"].values()), gap["total"], abs_tol=1e-3)
+    # the bare detect stage runs on exactly the frames the worker detected on
+    assert s["detect_frames_worker"] == s["detect_frames_bare_schedule"]
     shares = s["stage_share_of_wall"]
     assert set(shares) == {"decode", "detect", "crop", "infer", "publish", "other"}
     assert all(0 <= v <= 1.0001 for v in shares.values())
@@ -68,3 +75,18 @@ def test_engine_pipeline_decode_quick(tmp_path: Path, face_video: tuple[Path, li
     for key in ("worker_decode_stage_fps", "stream_decoder_fps", "pyav_fps", "pyav_no_convert_fps"):
         assert _positive(d[key]), key
     assert dec["samples"]["worker_run"]["frames_decoded"] == len(face_video[1])
+
+
+def test_crowd_quick(tmp_path: Path, face_video: tuple[Path, list[bool]], small_onnx: Path) -> None:
+    run_scenario("crowd", tmp_path, quick=True, progress=False, video=str(face_video[0]), onnx=small_onnx)
+    data = _check_files(tmp_path, "crowd")
+    copy = data["params"]["copies"]["3x3"]
+    assert (copy["width"], copy["height"], copy["frames"]) == (1280, 720, data["params"]["frames"])
+    rows = data["summary"]["table"]
+    assert set(rows) == {"3x3 default", "3x3 every frame"}
+    for row in rows.values():
+        assert row["frames"] == data["params"]["frames"] and row["tiles"] == 9
+        assert _positive(row["faces_per_s"]) and _positive(row["frames_per_s"])
+        assert 0 < row["detect_share_of_wall"] < 1 and 0 < row["faces_per_frame"] <= 9
+    assert rows["3x3 every frame"]["detect_calls"] == data["params"]["frames"]
+    assert rows["3x3 default"]["detect_calls"] < rows["3x3 every frame"]["detect_calls"]

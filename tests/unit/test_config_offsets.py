@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from expnet_stream.config.settings import load_settings
+from expnet_stream.config import settings as settings_module
+from expnet_stream.config.settings import DEMO_CONFIG, load_settings, setting_sources, settings_yaml_with_sources
 from expnet_stream.errors import ConfigError
 from expnet_stream.worker.offsets import OffsetTracker
 
@@ -14,10 +16,38 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["worker.yaml", "demo.yaml"])
-def test_shipped_configs_validate(name: str) -> None:
-    s = load_settings(REPO / "configs" / name)
+@pytest.mark.parametrize("path", [REPO / "configs" / "worker.yaml", DEMO_CONFIG])
+def test_shipped_configs_validate(path: Path) -> None:
+    s = load_settings(path)
     assert s.batch.max_batch >= 1 and s.topics.input
+
+
+def test_packaged_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --config: the packaged defaults, from any folder (the demo's settings travel with the package too)."""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None)
+    assert s.detector.name == "yunet" and s.model.name == "default" and s.topics.input == "expnet.video"
+    assert DEMO_CONFIG.is_file() and DEMO_CONFIG.is_relative_to(Path(settings_module.__file__).parent)
+    assert load_settings(DEMO_CONFIG).group_id == "expnet-demo"
+
+
+def test_command_line_wins_over_environment_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("kafka:\n  bootstrap: file:1\n  max_poll_records: 7\nbatch:\n  max_batch: 4\n")
+    monkeypatch.setenv("EXPNET_KAFKA__BOOTSTRAP", "env:2")
+    monkeypatch.setenv("EXPNET_BATCH__MAX_WAIT_MS", "5")
+    over = {"kafka": {"bootstrap": "cli:3"}}
+    s = load_settings(cfg, over)
+    assert s.kafka.bootstrap == "cli:3" and s.kafka.max_poll_records == 7 and s.batch.max_wait_ms == 5
+    assert load_settings(cfg).kafka.bootstrap == "env:2"  # the override lasted one call
+    src = setting_sources(cfg, over)
+    assert src["kafka.bootstrap"] == "command line"
+    assert src["batch.max_wait_ms"] == "env EXPNET_BATCH__MAX_WAIT_MS"
+    assert src["kafka.max_poll_records"] == src["batch.max_batch"] == f"file {cfg}"
+    assert src["batch.max_batch"] != src["model.engine"] == "default"
+    text = settings_yaml_with_sources(s, src)
+    assert "bootstrap: cli:3" in text and "# command line" in text and f"# file {cfg}" in text
+    assert yaml.safe_load(text)["batch"] == {"max_batch": 4, "max_wait_ms": 5.0}  # still valid YAML
 
 
 def test_env_overrides_yaml_and_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

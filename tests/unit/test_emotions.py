@@ -208,14 +208,14 @@ def test_fake_trt_engine_returns_the_emotion_output(
 ) -> None:
     """Through a FAKE tensorrt module (TensorRT cannot run here): the plan's second output comes back from
     ``infer_all`` and matches ONNX Runtime."""
-    from expnet_stream.engines import tensorrt_engine
+    from expnet_stream.engines import tensorrt_runtime
     from expnet_stream.engines.onnxruntime_engine import OrtEngine
     from expnet_stream.engines.tensorrt_build import build_engine
     from expnet_stream.engines.tensorrt_engine import GpuTarget, TrtEngine
     from tests.unit.fake_tensorrt import make_fake_tensorrt
 
     gpu = GpuTarget("Fake GPU 9000", "8.9", 0, "cpu")
-    monkeypatch.setattr(tensorrt_engine, "cuda_gpu", lambda index=0: gpu)
+    monkeypatch.setattr(tensorrt_runtime, "cuda_gpu", lambda index=0: gpu)
     build_engine(emotion_onnx, tmp_path, min_batch=1, opt_batch=2, max_batch=4, trt_module=make_fake_tensorrt())
     x = np.random.default_rng(0).uniform(-100, 100, (5, 3, 112, 112)).astype(np.float32)
     with OrtEngine(emotion_onnx, intra_op_threads=1) as ref_engine:

@@ -9,13 +9,15 @@ checked end to end against OrtEngine. Real TensorRT on a GPU is tests/gpu/test_t
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from expnet_stream.engines import OrtEngine, tensorrt_engine
+from expnet_stream.engines import OrtEngine, tensorrt_runtime
 from expnet_stream.engines.manifest import (
     MANIFEST_NAME,
     PLAN_NAME,
@@ -36,7 +38,7 @@ FAKE_GPU = GpuTarget("Fake GPU 9000", "8.9", 0, "cpu")
 
 @pytest.fixture()
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> GpuTarget:
-    monkeypatch.setattr(tensorrt_engine, "cuda_gpu", lambda index=0: FAKE_GPU)
+    monkeypatch.setattr(tensorrt_runtime, "cuda_gpu", lambda index=0: FAKE_GPU)
     return FAKE_GPU
 
 
@@ -44,7 +46,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> GpuTarget:
 def plan_dir(small_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("plan")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tensorrt_engine, "cuda_gpu", lambda index=0: FAKE_GPU)
+        mp.setattr(tensorrt_runtime, "cuda_gpu", lambda index=0: FAKE_GPU)
         build_engine(small_onnx, out, min_batch=2, opt_batch=2, max_batch=4, trt_module=make_fake_tensorrt())
     return out
 
@@ -140,7 +142,7 @@ def test_fake_trt_real_tensorrt_is_never_given_cpu_buffers(
     plan_dir: Path, fake_gpu: GpuTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CPU buffers are only for an injected fake; a loaded ``tensorrt`` with a non-CUDA device is refused."""
-    monkeypatch.setattr(tensorrt_engine, "load_tensorrt", make_fake_tensorrt)
+    monkeypatch.setattr(tensorrt_runtime, "load_tensorrt", make_fake_tensorrt)
     with pytest.raises(TensorRTUnavailableError, match="needs CUDA buffers"):
         TrtEngine(plan_dir)
 
@@ -167,3 +169,22 @@ def test_fake_trt_create_engine_looks_up_the_cache_and_builds_on_miss_when_allow
     assert sum(c[0] == "build_serialized_network" for c in trt.fake.calls) == 1
     with pytest.raises(EngineMismatchError, match="precision: expected 'fp32', found 'fp16'"):
         create_tensorrt_engine(small_onnx, plan_dir=cache, precision="fp32", trt_module=trt)
+
+
+def test_fake_trt_plan_built_on_a_cache_miss_is_readable_by_other_users(
+    small_onnx: Path, tmp_path: Path, fake_gpu: GpuTarget
+) -> None:
+    """A plan built on a miss (build_on_miss) lands in the cache 0644 with its manifest, even under umask 077."""
+    old = os.umask(0o077)
+    try:
+        with create_tensorrt_engine(
+            small_onnx, plan_dir=tmp_path, precision="fp32", max_batch=2, build_on_miss=True,
+            trt_module=make_fake_tensorrt(), build_options={"opt_batch": 1},
+        ) as engine:  # fmt: skip
+            folder = engine.plan_path.parent
+    finally:
+        os.umask(old)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()} == {
+        PLAN_NAME: "0o644",
+        MANIFEST_NAME: "0o644",
+    }

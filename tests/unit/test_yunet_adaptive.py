@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -13,6 +13,8 @@ from expnet_stream import plugin_registry
 from expnet_stream.aggregate import StreamTemporal, TemporalSettings
 from expnet_stream.engines.onnxruntime_engine import OrtEngine
 from expnet_stream.events.schema import FrameEvent
+from expnet_stream.faces.detections import Detections
+from expnet_stream.faces.detector import FaceDetector
 from expnet_stream.faces.tracker import iou_matrix
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.pipeline import Pipeline, Source
@@ -134,3 +136,98 @@ def test_gpu_check_without_cuda_says_so_and_measures_nothing(tmp_path: Path) -> 
     assert main(["--out", str(tmp_path), "--no-tests"]) == 0
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["device"] is None and "no CUDA" in result["skipped"] and result["engine_faces_per_s"] == {}
+
+
+class _Recording(FaceDetector):
+    """The real YuNet detector, recording how many frames each call carries. ``batch_broken`` makes every
+    ``detect_batch`` call fail and ``fail_single`` the n-th single-frame call (fault injection: YuNet does not fail on
+    demand; every detection that returns is YuNet's own)."""
+
+    def __init__(self, *, batched: bool = True, batch_broken: bool = False, fail_single: int | None = None) -> None:
+        self.inner = plugin_registry.create("face_detector", "yunet")
+        self.batched, self.batch_broken, self.fail_single = batched, batch_broken, fail_single
+        self.calls: list[int] = []
+        self.singles = 0
+
+    def detect(self, frame_bgr: np.ndarray) -> Detections:
+        self.singles += 1
+        if self.singles == self.fail_single:
+            raise RuntimeError("injected detector failure")
+        self.calls.append(1)
+        return self.inner.detect(frame_bgr)
+
+    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        if self.batch_broken:
+            raise RuntimeError("injected batch failure")
+        if not self.batched:
+            return [self.detect(f) for f in frames]
+        self.calls.append(len(frames))
+        return self.inner.detect_batch(frames)
+
+
+def _interleaved(video: Path, ids: list[str]) -> list[tuple[object, Source]]:
+    per = [list(iter_stream_messages(str(video), sid)) for sid in ids]
+    out: list[tuple[object, Source]] = []
+    for i in range(max(map(len, per))):
+        for p, msgs in enumerate(per):
+            if i < len(msgs):
+                out.append((msgs[i], Source(p, i)))
+    return out
+
+
+def _run_streams(
+    onnx: Path, msgs: list[tuple[object, Source]], detector: FaceDetector
+) -> tuple[dict[str, list[FrameEvent]], list[tuple[Source, str, str, str]], set[Source]]:
+    events: dict[str, list[FrameEvent]] = {}
+    failed: list[tuple[Source, str, str, str]] = []
+    done: set[Source] = set()
+
+    def emit(ev: object, sources: list[Source]) -> None:
+        done.update(sources)
+        if isinstance(ev, FrameEvent):
+            events.setdefault(ev.stream_id, []).append(ev)
+
+    pipe = Pipeline(
+        detector,
+        OrtEngine(onnx, max_batch=8, intra_op_threads=1),
+        emit=emit,
+        done=done.update,
+        fail=lambda src, reason, detail, sid: failed.append((src, reason, detail, sid)),
+        max_batch=8,
+        max_wait_ms=1e9,
+        temporal=StreamTemporal(TemporalSettings(), "m"),  # the default schedule: tracker-driven detection
+    )
+    for msg, src in msgs:
+        pipe.handle(msg, src)  # type: ignore[arg-type]
+        pipe.pump()
+    pipe.pump(force=True)
+    return events, failed, done
+
+
+def test_detection_is_batched_across_streams_with_the_same_faces(small_onnx: Path, tmp_path: Path) -> None:
+    msgs = _interleaved(_exit_video(tmp_path / "exit.mp4"), ["a", "b", "c"])
+    batched, one_by_one = _Recording(), _Recording(batched=False)
+    got, failed, _ = _run_streams(small_onnx, msgs, batched)
+    ref, _, _ = _run_streams(small_onnx, msgs, one_by_one)
+    assert not failed and max(batched.calls) == 3  # one frame of each stream per detector call
+    assert sum(batched.calls) == sum(one_by_one.calls) and len(batched.calls) < len(one_by_one.calls)
+    for sid in ("a", "b", "c"):
+        assert [e.frame_seq for e in got[sid]] == list(range(40))  # every frame, in order
+        for e, r in zip(got[sid], ref[sid], strict=True):
+            assert [f.track_id for f in e.faces] == [f.track_id for f in r.faces]
+            assert [f.quality for f in e.faces] == [f.quality for f in r.faces]
+            if e.faces:
+                np.testing.assert_allclose(
+                    np.array([f.box for f in e.faces]), np.array([f.box for f in r.faces]), atol=1.0
+                )
+
+
+def test_a_frame_the_detector_fails_on_is_dead_lettered_and_the_rest_go_on(small_onnx: Path, tmp_path: Path) -> None:
+    msgs = _interleaved(_exit_video(tmp_path / "exit.mp4"), ["a", "b"])
+    detector = _Recording(batch_broken=True, fail_single=5)  # each batch falls back to frame by frame
+    events, failed, done = _run_streams(small_onnx, msgs, detector)
+    assert len(failed) == 1 and failed[0][1] == "detect_error" and "injected detector failure" in failed[0][2]
+    assert sum(len(v) for v in events.values()) == 2 * 40 - 1
+    for evs in events.values():
+        assert [e.frame_seq for e in evs] == sorted(e.frame_seq for e in evs)
+    assert done | {failed[0][0]} == {src for _, src in msgs}  # nothing pinned
