@@ -11,7 +11,8 @@ $(BIN)/.installed: pyproject.toml
 	@$(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "setup 2/3: pip install -e '.[dev]' (the package, torch CPU, test and lint tools; minutes on a first run)"
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools' "Editable installation" notice (plugins/ installs as expnet_stream_plugins) is information only
+	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	@echo "setup 3/3: helm-sdkpy (for the Helm chart lint test)"
 	@# Helm as a library, for `helm lint` of deploy/helm in the tests (its metadata says Python 3.12; it runs on 3.11)
 	@$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32 \
