@@ -245,6 +245,7 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     if args.json:
         print(json.dumps(summary))
     else:
+        console.print()  # the live table's last line stays where it was drawn
         _print_summary(console, summary)
     return 0 if ok else 1
 
