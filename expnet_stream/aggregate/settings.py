@@ -59,6 +59,18 @@ class TrackerSettings(_Section):
         description="detect when the mean absolute difference of 64x36 grey thumbnails to the previous sampled "
         "frame exceeds this (0-255; 0 disables); consecutive frames of 12 real clips differ by at most 18",
     )
+    refine_predicted: bool = Field(
+        False,
+        description="on frames between detections, run the detector on a small square around each track's predicted "
+        "box (all of them batched) and use the face it finds there (quality flag 'refined'; 'predicted' where it "
+        "finds none); costs a detector pass on refine_size x refine_size pixels per face",
+    )
+    refine_margin: float = Field(
+        0.5, ge=0.0, le=2.0, description="margin around the predicted box for refining, in box sizes per side"
+    )
+    refine_size: int = Field(
+        160, ge=32, le=640, multiple_of=32, description="side in pixels the refining square is scaled to"
+    )
 
 
 class SmoothingSettings(_Section):

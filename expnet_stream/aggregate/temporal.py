@@ -107,6 +107,13 @@ class StreamTemporal:
             return Detections.empty()
         return tracker.predict(pts_time)
 
+    def refine(self, stream_id: str, pts_time: float, measured: Detections) -> None:
+        """Boxes measured around the predicted ones between detections correct their tracks
+        (:meth:`FaceTracker.refine`)."""
+        tracker = self._trackers.get(stream_id)
+        if tracker is not None and self.settings.tracker.enabled:
+            tracker.refine(measured, pts_time)
+
     def detect_due(self, frame_index: int) -> bool:
         """Whether the schedule runs the detector on the stream's ``frame_index``-th sampled frame."""
         return frame_index % self.settings.tracker.detect_every_n == 0

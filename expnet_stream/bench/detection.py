@@ -6,7 +6,8 @@ with the shipped model (ONNX Runtime, one thread), in alternating repeats of:
 * ``before``: the previous defaults, ``yuface`` on every frame;
 * ``every frame``: the default detector on every frame;
 * ``default``: the product defaults (the default detector, tracker-driven detection with triggers);
-* ``n=N``: the default detector with ``detect_every_n`` N (``--quick``: none).
+* ``refine``: the defaults with ``refine_predicted`` (the detector on a small square around each predicted box);
+* ``n=N``, ``n=N refine``: ``detect_every_n`` N, without and with refining (``--quick``: none).
 
 Reported: median frames/s and the ratio to ``before`` (same run); faces on the frames where ``before`` and where
 ``every frame`` find one; the mean absolute coefficient difference of the first face to those references; the top
@@ -82,9 +83,11 @@ def run(
         "before": {"detector": {"name": "yuface"}, "temporal": {"tracker": {"detect_every_n": 1}}},
         "every frame": {"temporal": {"tracker": {"detect_every_n": 1}}},
         "default": {},
+        "refine": {"temporal": {"tracker": {"refine_predicted": True}}},
     }
     if not quick:
         configs["n=6"] = {"temporal": {"tracker": {"detect_every_n": 6}}}
+        configs["n=6 refine"] = {"temporal": {"tracker": {"detect_every_n": 6, "refine_predicted": True}}}
     params = {
         "video": video_info(video),
         "packets": max_packets,

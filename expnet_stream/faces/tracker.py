@@ -288,6 +288,26 @@ class FaceTracker:
             self._score = np.concatenate([self._score, dets.score[new]])
         return Detections(dets.xyxy, dets.score, det_ids)
 
+    def refine(self, measured: Detections, pts_time: float) -> None:
+        """Correct confirmed tracks with boxes measured between detections (``measured.track_id`` names each one's
+        track), as a matched detection would (position, size, velocity, score). Other tracks are untouched: no
+        misses counted, no tracks started or ended."""
+        self.ended = []
+        rows = [int(np.flatnonzero(self._ids == tid)[0]) for tid in measured.track_id if tid >= 0 and tid in self._ids]
+        if not rows:
+            return
+        keep = np.array([tid >= 0 and tid in self._ids for tid in measured.track_id])
+        idx = np.array(rows, np.intp)
+        z = _to_cxcywh(measured.xyxy[keep])
+        p = self._predicted(pts_time)[idx]
+        r = z - p
+        dt = pts_time - self._t[idx]
+        fresh = (dt > 1e-6) & (dt <= self.max_velocity_gap_s)
+        self._x[idx] = p + self.alpha * r
+        self._v[idx] += np.where(fresh, self.beta / np.where(fresh, dt, 1.0), 0.0)[:, None] * r
+        self._t[idx] = np.maximum(self._t[idx], pts_time)
+        self._score[idx] = measured.score[keep]
+
     def end_all(self) -> list[int]:
         """End every track (end of stream); returns the confirmed ids that ended. Ids are not reused."""
         self.ended = self.track_ids

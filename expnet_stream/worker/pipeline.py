@@ -117,6 +117,16 @@ class StreamState:
 
 
 @dataclass
+class _Square:
+    """A square cut around a predicted box for refining it, and how to map its boxes back to the frame."""
+
+    image: npt.NDArray[np.uint8]
+    x0: float
+    y0: float
+    scale: float
+
+
+@dataclass
 class _Work:
     """One queue entry, completed in FIFO order. Holds its decoded image only until its faces are found (then the
     crops)."""
@@ -144,6 +154,7 @@ class _Work:
     keyframe: bool = False  # the first sampled frame from a keyframe on
     cut: bool = False  # a scene cut before this frame
     error: tuple[str, BaseException] | None = None  # finding its faces failed: dead-lettered in FIFO order
+    refined: npt.NDArray[np.bool_] | None = None  # per face of a predicted frame: box found around the prediction
     after: list[Source] = field(default_factory=list)  # control sources finished together with this entry
     released: list[Source] | None = None  # sources _finish took from the stream's outstanding list
     enqueued: float = field(default_factory=time.monotonic)
@@ -400,7 +411,8 @@ class Pipeline:
         previous detection's tracks."""
         while self._pending:
             batch: list[tuple[_Work, str]] = []
-            waiting: set[str] = set()  # streams with a frame in this round's detection
+            refine: list[tuple[_Work, Detections]] = []  # predicted frames whose boxes are refined this round
+            waiting: set[str] = set()  # streams with a frame in this round's detector call
             pending = [w for w in self._queue if w.pending]
             if not pending:  # pragma: no cover - the count and the queue agree
                 self._pending = 0
@@ -411,16 +423,30 @@ class Pipeline:
                 try:
                     reason = self._detect_reason(work)
                     if reason is None:
-                        self._found(work, self._predict(work))
+                        predicted = self._predict(work)
+                        if self._refining and len(predicted):
+                            refine.append((work, predicted))
+                            waiting.add(work.stream.stream_id)
+                        else:
+                            self._found(work, predicted)
                         continue
                 except Exception as exc:
                     self._found(work, None, ("detect_error", exc))
                     continue
                 batch.append((work, reason))
                 waiting.add(work.stream.stream_id)
-            if not batch:
+            if not batch and not refine:
                 continue
-            found = self._detect_frames([w.image for w, _ in batch if w.image is not None])
+            squares = []
+            if refine:
+                with self.stages.time("detect"):
+                    squares = [sq for work, pred in refine for sq in self._squares(work, pred)]
+            found = self._detect_frames([w.image for w, _ in batch if w.image is not None] + [s.image for s in squares])
+            found, around = found[: len(batch)], found[len(batch) :]
+            for work, pred in refine:
+                n = len(pred)
+                self._found(work, self._refine(work, pred, squares[:n], around[:n]))
+                squares, around = squares[n:], around[n:]
             for (work, reason), dets in zip(batch, found, strict=True):
                 if isinstance(dets, BaseException):
                     self._found(work, None, ("detect_error", dets))
@@ -429,6 +455,52 @@ class Pipeline:
                     self._found(work, self._track(work, reason, dets))
                 except Exception as exc:
                     self._found(work, None, ("detect_error", exc))
+
+    @property
+    def _refining(self) -> bool:
+        return self._tracker_driven and self.temporal is not None and self.temporal.settings.tracker.refine_predicted
+
+    def _squares(self, work: _Work, pred: Detections) -> list[_Square]:
+        """The square around each predicted box (``refine_margin`` box sizes per side), scaled to
+        ``refine_size``; the frame's border is black."""
+        assert self.temporal is not None and work.image is not None
+        ts = self.temporal.settings.tracker
+        h, w = work.image.shape[:2]
+        # the scale the detector sees the whole frame at, so a face measures as on a detection frame
+        max_side = getattr(self.detector, "max_side", None)
+        frame_scale = min(1.0, max_side / max(h, w)) if max_side else 1.0
+        out = []
+        for x1, y1, x2, y2 in pred.xyxy.astype(np.float64):
+            side = max(x2 - x1, y2 - y1, 1.0) * (1.0 + 2.0 * ts.refine_margin)
+            x0, y0 = (x1 + x2 - side) / 2.0, (y1 + y2 - side) / 2.0
+            n = max(32, min(ts.refine_size, math.ceil(side * frame_scale / 32.0) * 32))
+            scale = n / side
+            m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
+            image = cv2.warpAffine(work.image, m, (n, n), flags=cv2.INTER_LINEAR)
+            out.append(_Square(np.asarray(image, np.uint8), x0, y0, scale))
+        return out
+
+    def _refine(
+        self, work: _Work, pred: Detections, squares: list[_Square], found: list[Detections | BaseException]
+    ) -> Detections:
+        """Each predicted box replaced by the face found in its square that overlaps it most (at least the tracker's
+        ``iou_threshold``); the tracks are corrected by them. Where none is found the prediction stays."""
+        assert self.temporal is not None
+        xyxy, score = pred.xyxy.copy(), pred.score.copy()
+        refined = np.zeros(len(pred), bool)
+        for i, (sq, dets) in enumerate(zip(squares, found, strict=True)):
+            if isinstance(dets, BaseException) or not len(dets):
+                continue  # refining is best effort: the predicted box stays
+            boxes = dets.xyxy / sq.scale + np.array([sq.x0, sq.y0, sq.x0, sq.y0], np.float32)
+            iou = iou_matrix(boxes, pred.xyxy[i : i + 1])[:, 0]
+            best = int(np.argmax(iou))
+            if iou[best] >= self.temporal.settings.tracker.iou_threshold:
+                xyxy[i], score[i], refined[i] = boxes[best], dets.score[best], True
+        if refined.any():
+            measured = Detections(xyxy[refined], score[refined], pred.track_id[refined])
+            self.temporal.refine(work.stream.stream_id, work.frame_time, measured)
+        work.refined = refined
+        return Detections(xyxy, score, pred.track_id)
 
     def _detect_frames(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections | BaseException]:
         """The detector on several frames in one call; when that fails, frame by frame (a frame that fails again
@@ -852,7 +924,7 @@ class Pipeline:
             if dets.score[i] < LOW_SCORE:
                 quality.append("low_score")
             if work.predicted:
-                quality.append("predicted")
+                quality.append("refined" if work.refined is not None and work.refined[i] else "predicted")
             box = dets.xyxy[i]
             faces.append(
                 Face(

@@ -157,3 +157,18 @@ def test_bad_settings_raise_config_error() -> None:
         FaceTracker(iou_threshold=0.0)
     with pytest.raises(ConfigError):
         FaceTracker(min_hits=0)
+
+
+def test_refine_corrects_only_the_measured_tracks() -> None:
+    t = FaceTracker(alpha=1.0, beta=0.0, max_misses=0)
+    t.update(dets(box(100, 100), box(300, 100)), 0.0)
+    before = t.predict(1 / FPS)
+    measured = Detections(np.array([box(110, 104)], np.float32), np.array([0.7], np.float32), np.array([1]))
+    t.refine(measured, 1 / FPS)  # track 1 measured, track 0 not: no miss for it (max_misses 0 would end it)
+    after = t.predict(1 / FPS)
+    assert after.track_id.tolist() == [0, 1] and t.ended == []
+    np.testing.assert_allclose(after.xyxy[0], before.xyxy[0])  # untouched
+    np.testing.assert_allclose(after.xyxy[1], box(110, 104), atol=1e-4)  # alpha 1: the measurement
+    assert float(after.score[1]) == pytest.approx(0.7)
+    t.refine(Detections(np.array([box(0, 0)], np.float32), np.array([0.9], np.float32), np.array([7])), 2 / FPS)
+    assert t.predict(2 / FPS).track_id.tolist() == [0, 1]  # an unknown id changes nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_detection_bench_scenario_quick(tmp_path: Path, face_video: tuple[Path, 
     )
     assert json_path.is_file() and png_path.is_file()
     s = result["summary"]
-    assert set(s["frames_per_s"]) == {"before", "every frame", "default"} and all(s["frames_per_s"].values())
+    assert set(s["frames_per_s"]) == {"before", "every frame", "default", "refine"} and all(s["frames_per_s"].values())
     runs = result["samples"]["runs"]
     assert runs["default"]["detect_calls"] < runs["every frame"]["detect_calls"] == runs["every frame"]["frames"]
     assert s["default_faces_on_every_frame_face_frames"] is not None
@@ -231,3 +232,24 @@ def test_a_frame_the_detector_fails_on_is_dead_lettered_and_the_rest_go_on(small
     for evs in events.values():
         assert [e.frame_seq for e in evs] == sorted(e.frame_seq for e in evs)
     assert done | {failed[0][0]} == {src for _, src in msgs}  # nothing pinned
+
+
+def test_refining_predicted_boxes_finds_the_face_around_each_prediction(small_onnx: Path, tmp_path: Path) -> None:
+    """Opt-in ``refine_predicted``: frames between detections get the box YuNet finds in a square around each
+    predicted box (flag ``refined``), batched with the detections; frames and track ids as without it."""
+    video = _exit_video(tmp_path / "exit.mp4")
+    plain_pipe, plain = _run(small_onnx, video, {"detect_every_n": 8})
+    pipe, events = _run(small_onnx, video, {"detect_every_n": 8, "refine_predicted": True})
+    assert [e.frame_seq for e in events] == [e.frame_seq for e in plain]
+    assert [[f.track_id for f in e.faces] for e in events] == [[f.track_id for f in e.faces] for e in plain]
+    assert not any("refined" in f.quality for e in plain for f in e.faces)
+    refined = [(e.frame_seq, f) for e in events for f in e.faces if "refined" in f.quality]
+    assert len(refined) >= 10
+    assert pipe.detect_reasons["schedule"] == plain_pipe.detect_reasons["schedule"]  # the full-frame schedule
+    # a refined box is the face YuNet finds on that whole frame
+    yunet = plugin_registry.create("face_detector", "yunet")
+    with av.open(str(video)) as c:
+        decoded = [frame.to_ndarray(format="bgr24") for frame in c.decode(video=0)]
+    for seq, face in refined[::5]:
+        full = yunet.detect(decoded[seq])
+        assert len(full) and iou_matrix(np.array([face.box], np.float32), full.xyxy).max() > 0.7
