@@ -63,7 +63,7 @@ class TrackerSettings(_Section):
         False,
         description="on frames between detections, run the detector on a small square around each track's predicted "
         "box (all of them batched) and use the face it finds there (quality flag 'refined'; 'predicted' where it "
-        "finds none); costs a detector pass on refine_size x refine_size pixels per face",
+        "finds none); costs a detector pass on at most refine_size x refine_size pixels per face",
     )
     refine_margin: float = Field(
         0.5, ge=0.0, le=2.0, description="margin around the predicted box for refining, in box sizes per side"
