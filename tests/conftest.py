@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
 from collections.abc import Iterator
 from fractions import Fraction
@@ -141,3 +143,18 @@ def broker_settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: An
     for key, value in extra.items():
         over[key] = {**over[key], **value} if isinstance(value, dict) and isinstance(over.get(key), dict) else value
     return load_settings(None, over)
+
+
+@pytest.fixture()
+def strict_umask() -> Iterator[None]:
+    """umask 077: files come out 0644 because the writer says so, not because of a friendly umask."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def file_mode(path: Path) -> int:
+    """A file's permission bits."""
+    return stat.S_IMODE(path.stat().st_mode)

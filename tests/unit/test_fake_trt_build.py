@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,6 +37,7 @@ from expnet_stream.engines.manifest import (
 from expnet_stream.engines.tensorrt_build import CALIBRATION_CACHE_NAME, build_engine
 from expnet_stream.engines.tensorrt_engine import GpuTarget
 from expnet_stream.models.contract import PreprocessContract, contract_path_for
+from tests.conftest import file_mode
 from tests.unit.fake_tensorrt import make_fake_tensorrt
 
 pytestmark = pytest.mark.unit
@@ -275,20 +273,6 @@ def test_calibration_crops_from_face_photos_with_a_detector(tmp_path: Path) -> N
         face_crops_from_dir(tmp_path / "missing", contract)
 
 
-@pytest.fixture()
-def strict_umask() -> Iterator[None]:
-    """umask 077: files come out 0644 because the writer says so, not because of a friendly umask."""
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
 def test_fake_trt_plan_and_caches_are_written_0644_without_temp_files(
     small_onnx: Path, tmp_path: Path, fake_gpu: GpuTarget, strict_umask: None
 ) -> None:
@@ -298,7 +282,7 @@ def test_fake_trt_plan_and_caches_are_written_0644_without_temp_files(
     out, timing = tmp_path / "plan", tmp_path / "cache" / "timing.cache"
     _build(small_onnx, out, make_fake_tensorrt(), int8=True, calib_dir=tmp_path / "calib", timing_cache=timing)
     written = [out / PLAN_NAME, out / MANIFEST_NAME, out / CALIBRATION_CACHE_NAME, timing]
-    assert {p.name: oct(_mode(p)) for p in written} == {p.name: "0o644" for p in written}
+    assert {p.name: oct(file_mode(p)) for p in written} == {p.name: "0o644" for p in written}
     assert sorted(p.name for p in out.iterdir()) == sorted([PLAN_NAME, MANIFEST_NAME, CALIBRATION_CACHE_NAME])
     assert [p.name for p in timing.parent.iterdir()] == [timing.name]  # no temp file left beside the cache
 
@@ -308,9 +292,9 @@ def test_fake_trt_keyed_plan_is_0644_and_a_rejected_one_too(
 ) -> None:
     m = _build(small_onnx, tmp_path, make_fake_tensorrt(), keyed=True)
     folder = tmp_path / m.key.relative_dir()
-    assert (oct(_mode(folder / PLAN_NAME)), oct(_mode(folder / MANIFEST_NAME))) == ("0o644", "0o644")
+    assert (oct(file_mode(folder / PLAN_NAME)), oct(file_mode(folder / MANIFEST_NAME))) == ("0o644", "0o644")
     with pytest.raises(ParityError):
         _build(small_onnx, tmp_path / "bad", make_fake_tensorrt(perturb=0.5), fp16=True)
     rejected = tmp_path / "bad" / f"{PLAN_NAME}.rejected"
-    assert oct(_mode(rejected)) == "0o644" and oct(_mode(tmp_path / "bad" / REJECTED_MANIFEST_NAME)) == "0o644"
+    assert oct(file_mode(rejected)) == "0o644" and oct(file_mode(tmp_path / "bad" / REJECTED_MANIFEST_NAME)) == "0o644"
     assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted([rejected.name, REJECTED_MANIFEST_NAME])

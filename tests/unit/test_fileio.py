@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +15,9 @@ from expnet_stream.fileio import (
     file_sha256,
     staged_path,
 )
+from tests.conftest import file_mode
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def strict_umask() -> Iterator[None]:
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("strict_umask")]
 
 
 def test_atomic_writes_are_0644_whatever_the_umask_and_leave_only_the_file(tmp_path: Path) -> None:
@@ -42,8 +27,8 @@ def test_atomic_writes_are_0644_whatever_the_umask_and_leave_only_the_file(tmp_p
         np.savez(fh, x=np.arange(3))
     assert a.read_bytes() == b"\x00\x01\x02" and b.read_text(encoding="utf-8") == "héllo\n"
     np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["x"], np.arange(3))
-    assert {p.name: _mode(p) for p in tmp_path.iterdir()} == {"a.bin": 0o644, "b.txt": 0o644, "c.npz": 0o644}
-    assert oct(_mode(atomic_write_bytes(tmp_path / "key", b"k", mode=0o600))) == "0o600"
+    assert {p.name: file_mode(p) for p in tmp_path.iterdir()} == {"a.bin": 0o644, "b.txt": 0o644, "c.npz": 0o644}
+    assert oct(file_mode(atomic_write_bytes(tmp_path / "key", b"k", mode=0o600))) == "0o600"
 
 
 class _Boom(Exception):
@@ -88,7 +73,7 @@ def test_staged_path_installs_only_when_the_block_succeeds(tmp_path: Path) -> No
     with staged_path(target) as tmp:
         tmp.write_bytes(b"v2")
         assert target.read_bytes() == b"v1"  # nothing visible before the block ends
-    assert target.read_bytes() == b"v2" and _mode(target) == 0o644
+    assert target.read_bytes() == b"v2" and file_mode(target) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
