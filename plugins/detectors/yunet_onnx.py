@@ -11,7 +11,10 @@ The image is zero-padded on the right and bottom to a multiple of 32 (the networ
 
 Options (besides ``min_score``, ``max_side``, ``min_face_px``; see :mod:`._base`): ``model`` (``"n"``, default, or
 ``"s"``, or a path to a YuNet ONNX file), ``nms_threshold`` (0.3), ``top_k`` (100), ``threads`` (ONNX Runtime
-intra-op threads, default 1: decode and ExpNet share the cores), ``providers`` (default CPU).
+intra-op threads, default 1: decode and ExpNet share the cores), ``providers`` (default CPU), ``max_batch`` (frames
+per ONNX Runtime call in :meth:`YuNetDetector.detect_batch`; default 1 on the CPU provider, 16 with a GPU provider:
+on CPU a batch is no faster per frame (640x360: 10.2 ms at 1, 11.2 at 4, 12.2 at 8) and ONNX Runtime's arena keeps
+the larger activations (+65 MB RSS at 4 frames, +130 MB at 8), on a GPU batching is the point).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class YuNetDetector(ScaledFaceDetector):
         top_k: int = 100,
         threads: int = 1,
         providers: list[str] | None = None,
+        max_batch: int | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
@@ -114,6 +118,8 @@ class YuNetDetector(ScaledFaceDetector):
         opts = session_options(int(_number("threads", threads, 1)))
         self.model_path = path
         self._session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        on_gpu = any(p != "CPUExecutionProvider" for p in self._session.get_providers())
+        self.max_batch = int(_number("max_batch", max_batch if max_batch is not None else 16 if on_gpu else 1, 1))
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._run_lock = threading.Lock()
 
@@ -133,7 +139,8 @@ class YuNetDetector(ScaledFaceDetector):
         return xyxy[keep], score[keep]
 
     def detect_batch(self, frames: Sequence[BGRImage]) -> list[Detections]:
-        """Faces of several frames (of any streams and sizes): frames with the same padded size share one call."""
+        """Faces of several frames (of any streams and sizes): frames with the same padded size share a call, up to
+        ``max_batch`` frames each."""
         prepared = []
         for frame in frames:
             f = check_frame(frame)
@@ -143,7 +150,12 @@ class YuNetDetector(ScaledFaceDetector):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (_, padded, _, _) in enumerate(prepared):
             groups.setdefault(padded.shape[:2], []).append(i)
-        for (_, w), idx in groups.items():
+        chunks = [
+            (w, idx[k : k + self.max_batch])
+            for (_, w), idx in groups.items()
+            for k in range(0, len(idx), self.max_batch)
+        ]
+        for w, idx in chunks:
             batch = np.stack([prepared[i][1] for i in idx]).transpose(0, 3, 1, 2).astype(np.float32)
             out = self._run(batch)
             for j, i in enumerate(idx):

@@ -40,6 +40,21 @@ def test_yunet_finds_the_face_yuface_finds_and_batches_frames_of_any_size() -> N
     assert len(yunet.detect(np.full((360, 640, 3), 96, np.uint8))) == 0  # no face, no box
 
 
+def test_yunet_runs_one_frame_per_call_on_cpu_and_chunks_larger_batches() -> None:
+    """On the CPU provider a batch is no faster per frame and keeps more memory, so frames run one per call by
+    default; ``max_batch`` chunks the frames of one size into calls of that many, with the same faces."""
+    img = astronaut_bgr()
+    frames = [img, np.ascontiguousarray(img[:, ::-1]), img, np.full_like(img, 90), img]
+    one = plugin_registry.create("face_detector", "yunet")
+    three = plugin_registry.create("face_detector", "yunet", max_batch=3)
+    assert one.max_batch == 1 and three.max_batch == 3
+    for a, b in zip(one.detect_batch(frames), three.detect_batch(frames), strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)
+    with pytest.raises(ValueError, match="max_batch"):
+        plugin_registry.create("face_detector", "yunet", max_batch=0)
+
+
 def test_yunet_options_are_checked() -> None:
     with pytest.raises(ValueError, match="no such file"):
         plugin_registry.create("face_detector", "yunet", model="/nope.onnx")
