@@ -437,16 +437,26 @@ class Pipeline:
                 waiting.add(work.stream.stream_id)
             if not batch and not refine:
                 continue
-            squares = []
+            squares: list[list[_Square]] = []
             if refine:
                 with self.stages.time("detect"):
-                    squares = [sq for work, pred in refine for sq in self._squares(work, pred)]
-            found = self._detect_frames([w.image for w, _ in batch if w.image is not None] + [s.image for s in squares])
+                    for work, pred in refine:
+                        try:
+                            squares.append(self._squares(work, pred))
+                        except Exception as exc:  # refining is best effort: the predictions stay
+                            log.debug("stream=%s: no refining squares: %s", work.stream.stream_id, exc)
+                            squares.append([])
+            images = [w.image for w, _ in batch] + [sq.image for per in squares for sq in per]
+            found = self._detect_frames([i for i in images if i is not None])
             found, around = found[: len(batch)], found[len(batch) :]
-            for work, pred in refine:
-                n = len(pred)
-                self._found(work, self._refine(work, pred, squares[:n], around[:n]))
-                squares, around = squares[n:], around[n:]
+            for (work, pred), per in zip(refine, squares, strict=True):
+                mine, around = around[: len(per)], around[len(per) :]
+                try:
+                    refined = self._refine(work, pred, per, mine) if per else pred
+                except Exception as exc:
+                    log.debug("stream=%s: refining failed: %s", work.stream.stream_id, exc)
+                    refined = pred
+                self._found(work, refined)
             for (work, reason), dets in zip(batch, found, strict=True):
                 if isinstance(dets, BaseException):
                     self._found(work, None, ("detect_error", dets))
