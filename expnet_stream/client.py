@@ -184,11 +184,10 @@ class Subscriber:
         >>> table.num_rows, table.column_names[:3]  # doctest: +SKIP
         (472, ['event_id', 'stream_id', 'frame_seq'])
         """
-        from .table import DEFAULT_EMOTIONS, TableBuilder
+        from .table import DEFAULT_EMOTIONS, events_to_arrow
 
-        builder = TableBuilder(DEFAULT_EMOTIONS if emotions is None else emotions)
-        builder.extend(self.iter_frames(max_events=max_events, timeout_s=timeout_s, idle_s=idle_s, stream_id=stream_id))
-        return builder.to_arrow()
+        frames = self.iter_frames(max_events=max_events, timeout_s=timeout_s, idle_s=idle_s, stream_id=stream_id)
+        return events_to_arrow(frames, emotions=DEFAULT_EMOTIONS if emotions is None else emotions)
 
     def to_pandas(
         self,
@@ -205,12 +204,10 @@ class Subscriber:
         ...     df = sub.to_pandas(idle_s=5)
         >>> df.groupby("stream_id").emotion.value_counts()  # doctest: +SKIP
         """
-        from .table import events_to_pandas
+        from .table import DEFAULT_EMOTIONS, events_to_pandas
 
         frames = self.iter_frames(max_events=max_events, timeout_s=timeout_s, idle_s=idle_s, stream_id=stream_id)
-        if emotions is None:
-            return events_to_pandas(frames)
-        return events_to_pandas(frames, emotions=emotions)
+        return events_to_pandas(frames, emotions=DEFAULT_EMOTIONS if emotions is None else emotions)
 
     def close(self) -> None:
         self._consumer.close()

@@ -36,7 +36,9 @@ object; ``pd.read_parquet(path, dtype_backend="pyarrow")`` keeps their types.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +48,7 @@ import numpy as np
 
 from .errors import OptionalDependencyError, TableError
 from .events.schema import COEFF_DTYPE, NUM_COEFFS, FrameEvent
+from .fileio import staged_path
 from .models.emotion import EMOTIONS, FER_CLASSES
 
 if TYPE_CHECKING:
@@ -292,7 +295,8 @@ def events_to_pandas(events: Iterable[object], *, emotions: Sequence[str] = DEFA
 class ParquetSink:
     """Writes frame events to a Parquet file incrementally, a row group every ``row_group_rows`` rows.
 
-    The file is written as ``<path>.part`` and renamed to ``path`` on :meth:`close`, so ``path`` is always a complete
+    The file is written beside ``path`` (:func:`~expnet_stream.fileio.staged_path`) and renamed to it on
+    :meth:`close` (removed when closing fails), so ``path`` is always a complete
     file; with no rows at all it is an empty file that still has every column. Other events are counted in
     :attr:`skipped`.
 
@@ -316,8 +320,13 @@ class ParquetSink:
         self.path = Path(path)
         self.row_group_rows = row_group_rows
         self._builder = TableBuilder(emotions)
-        self._part = self.path.with_name(self.path.name + ".part")
-        self._writer: Any = self._pq.ParquetWriter(str(self._part), self._builder.schema, compression=compression)
+        self._staged = contextlib.ExitStack()
+        part = self._staged.enter_context(staged_path(self.path, suffix=".part.parquet"))
+        try:
+            self._writer: Any = self._pq.ParquetWriter(str(part), self._builder.schema, compression=compression)
+        except BaseException:
+            self._staged.__exit__(*sys.exc_info())  # the temp file goes
+            raise
         self.rows = 0
         self.closed = False
 
@@ -361,11 +370,11 @@ class ParquetSink:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.flush()
-        finally:
-            self._writer.close()
-        os.replace(self._part, self.path)
+        with self._staged:  # renamed to path when this block ends normally, removed when it raises
+            try:
+                self.flush()
+            finally:
+                self._writer.close()
 
     def __enter__(self) -> ParquetSink:
         return self

@@ -16,17 +16,16 @@ faces flagged ``small_face``, detector calls, the detector's share of the wall t
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config.settings import DetectorSettings, load_settings
+from ..config.settings import DetectorSettings
 from ..events.schema import FrameEvent
 from ..worker.local import run_local
-from ..worker.runtime import build_detector, build_emotion_head, build_engine
 from ..worker.stages import STAGES
 from .common import Progress, median, new_result, ratio, wall_shares
 from .data import cache_root, default_video, tiled_copy, video_info
+from .detection import build_variants, frame_collector
 
 SIZE = (1280, 720)
 GRIDS = (3, 4, 6)
@@ -34,14 +33,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "every frame": {"temporal": {"tracker": {"detect_every_n": 1}}},
 }
-
-
-def _collector(out: list[FrameEvent]) -> Callable[[object], None]:
-    def on_event(event: object) -> None:
-        if isinstance(event, FrameEvent):
-            out.append(event)
-
-    return on_event
 
 
 def face_counts(frames: list[FrameEvent], tiles: int) -> dict[str, Any]:
@@ -93,11 +84,7 @@ def run(
     result = new_result("crowd", quick, params)
     copies = {g: tiled_copy(video, g, folder, frames=n_frames, size=SIZE) for g in grids}
     result["params"]["copies"] = {f"{g}x{g}": video_info(str(p)) for g, p in copies.items()}
-    built = {}
-    for name, over in CONFIGS.items():
-        settings = load_settings(None, {**over, **model})
-        engine = build_engine(settings)
-        built[name] = (settings, build_detector(settings), engine, build_emotion_head(settings, engine))
+    built = build_variants(CONFIGS, model)
     result["params"]["model_id"] = next(iter(built.values()))[2].model_id
     samples: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, dict[str, Any]] = {}
@@ -109,7 +96,12 @@ def run(
                         key = f"{g}x{g} {name}"
                         frames: list[FrameEvent] = []
                         res = run_local(
-                            [(str(path), "crowd")], settings, detector, engine, _collector(frames), emotion_head=head
+                            [(str(path), "crowd")],
+                            settings,
+                            detector,
+                            engine,
+                            frame_collector(frames),
+                            emotion_head=head,
                         )
                         faces = sum(len(e.faces) for e in frames)
                         stage_s = dict(res.stages.seconds)

@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 
 from ..aggregate.settings import TrackerSettings
-from ..config.settings import DetectorSettings, load_settings
+from ..config.settings import DetectorSettings, WorkerSettings, load_settings
+from ..engines.base import Engine
 from ..events.schema import Face, FrameEvent
+from ..faces.detector import FaceDetector
 from ..worker.local import run_local
+from ..worker.pipeline import EmotionClassifier
 from ..worker.runtime import build_detector, build_emotion_head, build_engine
 from .common import Progress, median, new_result, ratio
 from .data import default_video, video_info
@@ -46,12 +49,28 @@ def _jitter(frames: list[FrameEvent]) -> float | None:
     return statistics.mean(out) if out else None
 
 
-def _collector(out: list[FrameEvent]) -> Callable[[object], None]:
+def frame_collector(out: list[FrameEvent]) -> Callable[[object], None]:
+    """An ``on_event`` for :func:`~expnet_stream.worker.local.run_local` that keeps the frame events in ``out``."""
+
     def on_event(event: object) -> None:
         if isinstance(event, FrameEvent):
             out.append(event)
 
     return on_event
+
+
+Variant = tuple[WorkerSettings, FaceDetector, Engine, EmotionClassifier | None]
+
+
+def build_variants(configs: dict[str, dict[str, Any]], common: dict[str, Any]) -> dict[str, Variant]:
+    """Settings (the packaged defaults with each config's and ``common``'s overrides), detector, engine and emotion
+    output of every variant, built before any is timed."""
+    built = {}
+    for name, over in configs.items():
+        settings = load_settings(None, {**over, **common})
+        engine = build_engine(settings)
+        built[name] = (settings, build_detector(settings), engine, build_emotion_head(settings, engine))
+    return built
 
 
 def _top(f: Face | None) -> str | None:
@@ -98,11 +117,7 @@ def run(
         "model": "the shipped default model, ONNX Runtime, 1 thread",
     }
     result = new_result("detection", quick, params)
-    built = {}
-    for name, over in configs.items():
-        settings = load_settings(None, {**over, "model": {"threads": 1}})
-        engine = build_engine(settings)
-        built[name] = (settings, build_detector(settings), engine, build_emotion_head(settings, engine))
+    built = build_variants(configs, {"model": {"threads": 1}})
     fps: dict[str, list[float]] = {name: [] for name in configs}
     last: dict[str, tuple[list[FrameEvent], Any]] = {}
     with Progress("detection", total=repeats * len(configs), enabled=progress) as bar:
@@ -114,7 +129,7 @@ def run(
                     settings,
                     detector,
                     engine,
-                    _collector(frames),
+                    frame_collector(frames),
                     max_packets=max_packets,
                     emotion_head=head,
                 )

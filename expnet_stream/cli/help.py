@@ -80,19 +80,21 @@ def iter_parsers(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[
     """Every (sub)parser below ``parser`` with its command path, e.g. ``("config show", parser)``."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help for a in action._choices_actions}
             for name, sub in action.choices.items():
                 path = f"{prefix} {name}".strip()
-                if sub.description is None and helps.get(name):
-                    sub.description = helps[name]
                 yield path, sub
                 yield from iter_parsers(sub, path)
 
 
 def finish(parser: argparse.ArgumentParser) -> None:
     """Give every subcommand the defaults-showing formatter and its one-line help as description."""
-    for _path, sub in iter_parsers(parser):
-        sub.formatter_class = HelpFormatter
-        # descriptions often come from module docstrings: show reST literals as `x`, not ``x``
-        sub.description = sub.description and sub.description.replace("``", "`")
-        sub.epilog = sub.epilog and sub.epilog.replace("``", "`")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                sub.formatter_class = HelpFormatter
+                # descriptions often come from module docstrings: show reST literals as `x`, not ``x``
+                description = sub.description or helps.get(name)
+                sub.description = description and description.replace("``", "`")
+                sub.epilog = sub.epilog and sub.epilog.replace("``", "`")
+                finish(sub)

@@ -411,7 +411,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.plain:
         print(yaml.safe_dump(settings.masked(), sort_keys=False))
     else:
-        print(settings_yaml_with_sources(settings, setting_sources(args.config, overrides)), end="")
+        print(settings_yaml_with_sources(settings, setting_sources(args.config, overrides, settings=settings)), end="")
     return 0
 
 

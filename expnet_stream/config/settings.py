@@ -272,11 +272,17 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def setting_sources(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None, *, environ: dict[str, str] | None = None
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    settings: WorkerSettings | None = None,
+    environ: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Where each effective value of :func:`load_settings` ``(path, overrides)`` came from, by dotted key:
-    ``default`` (packaged), ``file <path>``, ``env <NAME>`` or ``command line``, by the same precedence."""
-    settings = load_settings(path, overrides)
+    ``default`` (packaged), ``file <path>``, ``env <NAME>`` or ``command line``, by the same precedence.
+    ``settings``: what that call returned, when the caller has it already."""
+    if settings is None:
+        settings = load_settings(path, overrides)
     keys = _leaves(settings.model_dump(mode="json"))
     sources = dict.fromkeys(keys, "default")
 

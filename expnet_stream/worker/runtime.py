@@ -33,16 +33,17 @@ def build_detector(settings: WorkerSettings) -> FaceDetector:
 def _shipped_checkpoint() -> Path:
     """The shipped model's torch checkpoint, for engine ``torch``. A source checkout has it; the wheel leaves it out
     (the ONNX Runtime and TensorRT engines never read it), so an installed package needs ``model.checkpoint``."""
-    from ..models.weights import DEFAULT_MODEL_ID, WEIGHTS_DIR
+    from ..errors import ModelError
+    from ..models.weights import default_checkpoint_path
 
-    path = WEIGHTS_DIR / f"{DEFAULT_MODEL_ID}.pt"
-    if not path.is_file():
+    try:
+        return default_checkpoint_path()
+    except ModelError as exc:
         raise EngineError(
-            f"engine 'torch' needs the torch checkpoint of the shipped model ({path.name}), which the wheel leaves "
-            "out: set model.checkpoint (EXPNET_MODEL__CHECKPOINT) to that file from a source checkout, or use the "
-            "GPU image (deploy/tensorrt/Dockerfile), which has it"
-        )
-    return path
+            f"engine 'torch' needs the torch checkpoint of the shipped model, which the wheel leaves out ({exc}): "
+            "set model.checkpoint (EXPNET_MODEL__CHECKPOINT) to that file from a source checkout, or use the GPU "
+            "image (deploy/tensorrt/Dockerfile), which has it"
+        ) from exc
 
 
 def build_engine(settings: WorkerSettings) -> Engine:
