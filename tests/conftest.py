@@ -158,3 +158,28 @@ def strict_umask() -> Iterator[None]:
 def file_mode(path: Path) -> int:
     """A file's permission bits."""
     return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="session")
+def emotion_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seven-class (FER2013) model with its own emotion output, as models before FER+ were (untrained trunk)."""
+    pytest.importorskip("torch", reason="exporting needs torch")
+    from expnet_stream.models import light  # noqa: F401
+    from expnet_stream.models.export import export_onnx
+    from expnet_stream.models.registry import create_model
+
+    model, contract = create_model("expnet_lite18.s112", seed=3)
+    model.add_emotion_head(7, seed=3)
+    with __import__("torch").no_grad():
+        model.emotion_fc.weight.mul_(
+            300.0
+        )  # untrained heads are near-uniform; spread them so the check means something
+    contract = contract.model_copy(
+        update={
+            "emotion_output_name": "emotion",
+            "emotion_classes": ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
+            "emotion_temperature": 1.7,
+            "basis_id": "mp478-blendshape-pca29-v1",
+        }
+    )
+    return export_onnx(model, contract, tmp_path_factory.mktemp("emo") / "emo.onnx")

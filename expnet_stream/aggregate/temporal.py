@@ -42,6 +42,9 @@ class TemporalResult(NamedTuple):
     """``(N,)`` track id per face (``-1``: untracked)."""
     smoothed: npt.NDArray[np.float32]
     """``(N, 29)`` smoothed coefficients (a copy; the raw input is unchanged)."""
+    emotions_smoothed: npt.NDArray[np.float32] | None
+    """``(N, C)`` per-track smoothed emotion probabilities (rows sum to 1; untracked faces pass raw), or None without
+    emotions or with ``smoothing.emotion_half_life_s`` 0."""
     aggregates: list[EmotionAggregate]
     """Aggregates of windows this frame closed (publish them before the frame's own event or after: both fine)."""
 
@@ -64,6 +67,7 @@ class StreamTemporal:
         )
         self._trackers: dict[str, FaceTracker] = {}
         self._smoothers: dict[str, TrackSmoother] = {}
+        self._emotion_smoothers: dict[str, TrackSmoother] = {}
 
     # ---------------------------------------------------------------- per stream state
     def _tracker(self, stream_id: str) -> FaceTracker:
@@ -86,6 +90,22 @@ class StreamTemporal:
             )
         return sm
 
+    def _smooth_emotions(
+        self, stream_id: str, ids: npt.NDArray[np.int64], emotions: npt.ArrayLike | None, pts_time: float
+    ) -> npt.NDArray[np.float32] | None:
+        half_life = self.settings.smoothing.emotion_half_life_s
+        if emotions is None or half_life <= 0:
+            return None
+        p = np.asarray(emotions, np.float32)
+        p = p.reshape(len(ids), -1) if p.size else np.zeros((len(ids), 0), np.float32)
+        if p.shape[1] == 0:
+            return None
+        sm = self._emotion_smoothers.get(stream_id)
+        if sm is None or sm.dims != p.shape[1]:
+            sm = self._emotion_smoothers[stream_id] = TrackSmoother("ema", half_life_s=half_life, dims=p.shape[1])
+        out = sm.update(ids, p, pts_time)
+        return np.asarray(out / np.maximum(out.sum(1, keepdims=True), 1e-12), np.float32)
+
     # ---------------------------------------------------------------- tracking at detection time (optional)
     def track(self, stream_id: str, pts_time: float, dets: Detections, *, anchor: bool = False) -> Detections:
         """Assign track ids to a frame's detections (call at detection time; then ``on_frame(..., track=False)``);
@@ -96,6 +116,8 @@ class StreamTemporal:
         out = tracker.update(dets, pts_time, anchor=anchor)
         if tracker.ended:
             self._smoother(stream_id).drop(tracker.ended)
+            if stream_id in self._emotion_smoothers:
+                self._emotion_smoothers[stream_id].drop(tracker.ended)
             self.windows.forget_tracks(stream_id, tracker.ended)
         return out
 
@@ -158,13 +180,14 @@ class StreamTemporal:
         if raw.shape[0] != len(dets):
             raise ValueError(f"coeffs must have shape ({len(dets)}, {NUM_COEFFS}), got {raw.shape}")
         if not self.settings.enabled:
-            return TemporalResult(dets.track_id.copy(), raw.copy(), [])
+            return TemporalResult(dets.track_id.copy(), raw.copy(), None, [])
         if track:
             dets = self.track(stream_id, pts_time, dets)
         ids = dets.track_id
         smoothed = self._smoother(stream_id).update(ids, raw, pts_time)
+        emotions_smoothed = self._smooth_emotions(stream_id, ids, emotions, pts_time)
         closed = self.windows.on_frame(stream_id, pts_time, ids, raw, emotions) if self.settings.windows else []
-        return TemporalResult(ids.copy(), smoothed, closed)
+        return TemporalResult(ids.copy(), smoothed, emotions_smoothed, closed)
 
     def mark_resumed(self, stream_id: str) -> None:
         """The stream is picked up mid-way: see :meth:`WindowAggregator.mark_resumed`."""
@@ -180,9 +203,10 @@ class StreamTemporal:
         tracker = self._trackers.get(stream_id)
         if tracker is not None:
             tracker.rename(mapping, next_id)
-        sm = self._smoothers.get(stream_id)
-        if sm is not None:
-            sm.rename(mapping)
+        for smoothers in (self._smoothers, self._emotion_smoothers):
+            sm = smoothers.get(stream_id)
+            if sm is not None:
+                sm.rename(mapping)
         self.windows.rename_tracks(stream_id, mapping)
 
     # ---------------------------------------------------------------- lifecycle
@@ -202,6 +226,7 @@ class StreamTemporal:
     def _drop(self, stream_id: str) -> None:
         self._trackers.pop(stream_id, None)
         self._smoothers.pop(stream_id, None)
+        self._emotion_smoothers.pop(stream_id, None)
 
     @property
     def streams(self) -> list[str]:

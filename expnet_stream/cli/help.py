@@ -9,7 +9,7 @@ from collections.abc import Iterator
 COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "run it": ("demo", "ingest", "worker", "run", "tail", "annotate", "timeline", "mesh"),
     "operate it": ("config", "schema", "build-engine", "engine-info"),
-    "model": ("export-onnx", "import-official", "label", "select-basis", "train", "ship"),
+    "model": ("export-onnx", "import-official", "label", "select-basis", "choose-recipe", "train", "ship"),
     "evaluate": ("evaluate", "bench"),
 }
 

@@ -59,7 +59,8 @@ class EmotionAggregate(_Event):
     emotions: dict[str, float] | None = Field(
         None,
         description="mean emotion probability per label, if any; the labels are the classes the model can tell (an "
-        "emotion absent from them, e.g. 'contempt' for FER2013-trained models, is unsupported, not improbable)",
+        "emotion absent from them, e.g. 'contempt' for models trained on FER2013 labels alone, is unsupported, not "
+        "improbable; the shipped model publishes all eight)",
     )
     dominant_emotion: str | None = Field(None, description="most frequent per-face top emotion")
     dominant_share: float | None = Field(None, ge=0.0, le=1.0, description="share of faces whose top emotion it is")

@@ -139,8 +139,14 @@ class Face(BaseModel):
         None,
         description="calibrated emotion probabilities (sum 1) keyed by class, when an emotion output is loaded. The "
         "keys are the classes the model can tell; an emotion absent from the keys is UNSUPPORTED by this model, not "
-        "improbable (the shipped model is trained on FER2013, which has no 'contempt': it publishes anger, disgust, "
-        "fear, happiness, neutral, sadness, surprise)",
+        "improbable. The shipped model (FER+ votes) publishes all eight: anger, contempt, disgust, fear, happiness, "
+        "neutral, sadness, surprise; models trained on FER2013 labels alone publish seven (no 'contempt')",
+    )
+    emotions_smoothed: dict[str, float] | None = Field(
+        None,
+        description="the face's emotion probabilities smoothed over its track (exponential, half-life "
+        "temporal.smoothing.emotion_half_life_s of stream time; same keys, sum 1): steadier than 'emotions' while "
+        "the face talks. None for untracked faces, without an emotion output, or with smoothing off. Since frame v2",
     )
     quality: list[str] = Field(default_factory=list, description="quality flags, e.g. 'small_face', 'clipped'")
 
@@ -165,8 +171,12 @@ class Face(BaseModel):
 
 
 class FrameEvent(_Event):
-    """Per-frame expressions on the expressions topic; one per processed frame, even with no face."""
+    """Per-frame expressions on the expressions topic; one per processed frame, even with no face.
 
+    Version 2 adds ``emotions_smoothed`` to each face; a version-1 frame reads with it None.
+    """
+
+    v: int = Field(2, description="schema version of this message")
     type: Literal["frame"] = "frame"
     event_id: str = Field(description="deterministic id: same stream, frame pts and model give the same id")
     stream_id: str

@@ -31,7 +31,11 @@ from ..models.contract import PreprocessContract
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crop_boxes", "crop_faces", "crop_matrices", "square_boxes"]
+__all__ = ["LEVEL_MARGIN", "crop_boxes", "crop_faces", "crop_matrices", "rotate_centre_crops", "square_boxes"]
+
+#: A levelled crop is cut from an upright crop this many times wider (the training caches' 138 px around 114 px), so
+#: the rotation never reaches past it at rolls up to about 35 degrees.
+LEVEL_MARGIN = 138 / 114
 
 _INTERPOLATION = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
 
@@ -99,15 +103,58 @@ def crop_matrices(
     return mats
 
 
+def rotate_centre_crops(wide: npt.NDArray[np.uint8], roll_deg: npt.ArrayLike, size: int) -> npt.NDArray[np.uint8]:
+    """The centre ``size`` px of square crops ``(N, W, W, 3)``, each rotated about its centre by its ``roll_deg`` so
+    a face whose eye line has that roll comes out with level eyes (bilinear, reflected border). Training
+    (:func:`expnet_stream.train.dataset.level_crops`) and the worker (:func:`crop_faces` with ``roll_deg``) level
+    faces with this one function. Roll 0 gives the plain centre crop.
+
+    >>> w = np.zeros((1, 20, 20, 3), np.uint8); w[0, 10, :] = 255  # a horizontal line
+    >>> bool((rotate_centre_crops(w, [0.0], 10)[0] == w[0, 5:15, 5:15]).all())
+    True
+    >>> rows_hit = rotate_centre_crops(w, [90.0], 10)[0, :, :, 0].max(1) > 0  # now vertical: it crosses every row
+    >>> bool(rows_hit.all())
+    True
+    """
+    roll = np.asarray(roll_deg, np.float64).reshape(-1)
+    if roll.shape[0] != wide.shape[0]:
+        raise ValueError(f"rotate_centre_crops: {roll.shape[0]} angles for {wide.shape[0]} crops")
+    out = np.empty((wide.shape[0], size, size, 3), np.uint8)
+    c_src, c_dst = np.full(2, wide.shape[1] / 2 - 0.5), np.full(2, size / 2 - 0.5)
+    for i in range(wide.shape[0]):
+        a = np.deg2rad(roll[i]) if np.isfinite(roll[i]) else 0.0
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        mat = np.concatenate([rot, (c_src - rot @ c_dst)[:, None]], axis=1)
+        out[i] = cv2.warpAffine(
+            wide[i], mat, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
+    return out
+
+
 def crop_faces(
-    frame_bgr: npt.NDArray[np.uint8], xyxy: npt.ArrayLike, contract: PreprocessContract
+    frame_bgr: npt.NDArray[np.uint8],
+    xyxy: npt.ArrayLike,
+    contract: PreprocessContract,
+    roll_deg: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Cut the ExpNet crops of ``xyxy`` (N, 4) from ``frame_bgr`` (H, W, 3) uint8 -> ``(N, S, S, 3)`` uint8 BGR.
 
     ``S = contract.crop_size``; expand, interpolation and fill value come from the contract. One ``cv2.warpAffine``
     per face: it samples only the S x S output pixels (cost independent of the frame size), resizes and zero-pads in
     one pass, writing straight into the output batch.
+
+    With ``contract.crop_level_eyes`` and ``roll_deg`` (N,) given, faces with a finite roll are levelled as in
+    training: the upright crop :data:`LEVEL_MARGIN` times wider, rotated about its centre (:func:`rotate_centre_crops`).
     """
+    if contract.crop_level_eyes and roll_deg is not None:
+        roll = np.asarray(roll_deg, np.float64).reshape(-1)
+        if np.isfinite(roll).any():
+            wide_size = round(contract.crop_size * LEVEL_MARGIN)
+            expand = ((1.0 + 2.0 * contract.crop_expand) * wide_size / contract.crop_size - 1.0) / 2.0
+            wide_c = contract.model_copy(
+                update={"crop_size": wide_size, "crop_expand": expand, "crop_level_eyes": False}
+            )
+            return rotate_centre_crops(crop_faces(frame_bgr, xyxy, wide_c), roll, contract.crop_size)
     frame = np.asarray(frame_bgr)
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame must be (H, W, 3) uint8 BGR, got {frame.dtype} {frame.shape}")

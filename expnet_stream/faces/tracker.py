@@ -173,6 +173,7 @@ class FaceTracker:
         self._misses = np.zeros(0, np.int64)
         self._ids = np.zeros(0, np.int64)  # -1 while tentative
         self._score = np.zeros(0, np.float32)
+        self._roll = np.zeros(0, np.float32)  # the eye-line roll of the last detection with one (NaN: unknown)
 
     def __len__(self) -> int:
         """Live tracks (confirmed or tentative, visible or coasting)."""
@@ -211,12 +212,13 @@ class FaceTracker:
         """
         keep = (self._ids >= 0) & (self._misses == 0)
         pred = self._predicted(pts_time)[keep]
-        return Detections(_to_xyxy(pred), self._score[keep].copy(), self._ids[keep].copy())
+        return Detections(_to_xyxy(pred), self._score[keep].copy(), self._ids[keep].copy(), self._roll[keep].copy())
 
     def update(self, dets: Detections, pts_time: float, *, anchor: bool = False) -> Detections:
         """Match ``dets`` (one frame's detections) to the tracks; returns them with ``track_id`` set.
 
-        Faces of tentative tracks (``min_hits > 1``) get ``-1``. Boxes and scores are returned unchanged.
+        Faces of tentative tracks (``min_hits > 1``) get ``-1``. Boxes, scores and rolls are returned unchanged; a
+        track keeps the roll of its last detection that had one (for the boxes :meth:`predict` carries).
         ``anchor`` re-anchors matched tracks on their detection (box = detection, velocity 0), so the motion state
         no longer depends on earlier frames: a pipeline anchors at keyframes, where a replay after a takeover
         starts, so both predict the same boxes from there on.
@@ -250,6 +252,8 @@ class FaceTracker:
             self._hits[matched_t] += 1
             self._misses[matched_t] = 0
             self._score[matched_t] = dets.score[matched_d]
+            roll = dets.roll_deg[matched_d]
+            self._roll[matched_t] = np.where(np.isfinite(roll), roll, self._roll[matched_t])
             confirm = matched_t[(self._ids[matched_t] < 0) & (self._hits[matched_t] >= self.min_hits)]
             for t in confirm:
                 self._ids[t] = self._next_id
@@ -266,7 +270,7 @@ class FaceTracker:
             keep = ~dead
             self._x, self._v, self._t = self._x[keep], self._v[keep], self._t[keep]
             self._hits, self._misses = self._hits[keep], self._misses[keep]
-            self._ids, self._score = self._ids[keep], self._score[keep]
+            self._ids, self._score, self._roll = self._ids[keep], self._score[keep], self._roll[keep]
             if self.ended:
                 log.debug("tracks ended ids=%s t=%.3f", self.ended, pts_time)
         # unmatched detections: new tracks
@@ -286,7 +290,8 @@ class FaceTracker:
             self._misses = np.concatenate([self._misses, np.zeros(k, np.int64)])
             self._ids = np.concatenate([self._ids, ids])
             self._score = np.concatenate([self._score, dets.score[new]])
-        return Detections(dets.xyxy, dets.score, det_ids)
+            self._roll = np.concatenate([self._roll, dets.roll_deg[new]])
+        return Detections(dets.xyxy, dets.score, det_ids, dets.roll_deg)
 
     def refine(self, measured: Detections, pts_time: float) -> None:
         """Correct confirmed tracks with boxes measured between detections (``measured.track_id`` names each one's
@@ -314,5 +319,5 @@ class FaceTracker:
         keep = np.zeros(len(self), bool)
         self._x, self._v, self._t = self._x[keep], self._v[keep], self._t[keep]
         self._hits, self._misses = self._hits[keep], self._misses[keep]
-        self._ids, self._score = self._ids[keep], self._score[keep]
+        self._ids, self._score, self._roll = self._ids[keep], self._score[keep], self._roll[keep]
         return self.ended

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CONTRACT_SCHEMA_VERSION", "PreprocessContract", "contract_path_for"]
 
-CONTRACT_SCHEMA_VERSION = 2
+CONTRACT_SCHEMA_VERSION = 3
 UNTRAINED_PREFIX = "untrained"
 
 # Per-channel mean of the Caffe MSRA ResNet (ImageNet), BGR order, [0, 255].
@@ -98,10 +98,10 @@ class PreprocessContract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1, 2] = Field(
-        default=2,
+    schema_version: Literal[1, 2, 3] = Field(
+        default=3,
         description="Version of this contract's JSON layout (CONTRACT_SCHEMA_VERSION); a change is a new one. "
-        "2 added the emotion output fields; version 1 files (no emotion output) still read.",
+        "2 added the emotion output fields, 3 crop_level_eyes; files of versions 1 and 2 still read.",
     )
     model_name: str = Field(description="Registered model name, e.g. 'expnet_resnet101' or 'expnet_resnet18.s112'.")
     input_size: int = Field(default=224, gt=0, description="Side of the square network input in pixels (paper: 224).")
@@ -124,6 +124,12 @@ class PreprocessContract(BaseModel):
         default=True,
         description="Snap the expanded square to whole pixels like the official code (top-left ceil-ed, side from the "
         "ceiled corners); False keeps sub-pixel boxes.",
+    )
+    crop_level_eyes: bool = Field(
+        default=False,
+        description="Level the eyes before the crop: the crop is rotated about the box centre by the roll of the "
+        "eye line (from the detector's landmarks, carried by the tracker between detections), as the model was "
+        "trained. Faces without a known roll are cropped upright. Not in the paper (its crops are upright).",
     )
     pad_value: int = Field(
         default=0, ge=0, le=255, description="Fill value of crop pixels outside the frame (official 0)."

@@ -29,8 +29,17 @@ __all__ = [
     "augment_batch",
     "center_crops",
     "degrade_face_scale",
+    "framed_crops",
     "holdout_mask",
+    "level_crops",
+    "mask_lower_face",
 ]
+
+#: Rows of a paper crop (fractions of its side) that hold the lower third of the face box: the box is the central
+#: 1/1.5 of the crop (1/6 .. 5/6), its lower third starts at 1/6 + 2/3 * 2/3 = 11/18; the mask runs to the crop's
+#: bottom (the chin often reaches past a detector box) and spans the box's width.
+LOWER_FACE_ROWS = (11 / 18, 1.0)
+LOWER_FACE_COLS = (1 / 6, 5 / 6)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,41 @@ def center_crops(wide: npt.NDArray[np.uint8], crop: int = PAPER_CROP) -> npt.NDA
     return np.ascontiguousarray(wide[:, off : off + crop, off : off + crop])
 
 
+def level_crops(wide: npt.NDArray[np.uint8], roll_deg: npt.ArrayLike, size: int) -> npt.NDArray[np.uint8]:
+    """The centre ``size`` px of wide crops ``(N, W, W, 3)``, each rotated about its centre by its ``roll_deg`` so the
+    eyes are level: :func:`~expnet_stream.faces.crop.rotate_centre_crops`, the worker's levelling."""
+    from ..faces.crop import rotate_centre_crops
+
+    return rotate_centre_crops(wide, roll_deg, size)
+
+
+def framed_crops(
+    wide: npt.NDArray[np.uint8], roll_deg: npt.ArrayLike, size: int, level_eyes: bool
+) -> npt.NDArray[np.uint8]:
+    """The crops a model sees: levelled (:func:`level_crops`) when its contract levels the eyes, else the plain centre
+    crops (:func:`center_crops`)."""
+    return level_crops(wide, roll_deg, size) if level_eyes else center_crops(wide, size)
+
+
+def mask_lower_face(
+    crops: npt.NDArray[np.uint8], fill_bgr: tuple[float, float, float] | npt.ArrayLike, *, top: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """Copies of paper crops ``(N, S, S, 3)`` with the lower third of the face (mouth and chin,
+    :data:`LOWER_FACE_ROWS` x :data:`LOWER_FACE_COLS`) filled with ``fill_bgr`` (the contract's mean: zero input to
+    the network). ``top`` moves the mask's upper edge (fraction of the side).
+
+    >>> m = mask_lower_face(np.full((1, 18, 18, 3), 200, np.uint8), (0, 0, 0))
+    >>> int(m[0, :11].min()), int(m[0, 11:, 3:15].max()), int(m[0, 11:, :3].min())
+    (200, 0, 200)
+    """
+    out = crops.copy()
+    size = crops.shape[1]
+    y0 = round(size * (LOWER_FACE_ROWS[0] if top is None else top))
+    x0, x1 = round(size * LOWER_FACE_COLS[0]), round(size * LOWER_FACE_COLS[1])
+    out[:, y0:, x0:x1] = np.clip(np.round(np.asarray(fill_bgr, np.float64)), 0, 255).astype(np.uint8)
+    return out
+
+
 def degrade_face_scale(crops: npt.NDArray[np.uint8], factor: float) -> npt.NDArray[np.uint8]:
     """Crops as if the face were ``factor`` times its size in the frame: INTER_AREA down, INTER_CUBIC back up."""
     if factor >= 1.0:
@@ -80,12 +124,13 @@ def degrade_face_scale(crops: npt.NDArray[np.uint8], factor: float) -> npt.NDArr
 
 
 def _augment_one(
-    wide: npt.NDArray[np.uint8], rng: np.random.Generator, cfg: AugmentConfig, size: int
+    wide: npt.NDArray[np.uint8], rng: np.random.Generator, cfg: AugmentConfig, size: int, base_deg: float = 0.0
 ) -> npt.NDArray[np.uint8]:
     w = wide.shape[0]
     s = rng.uniform(*cfg.scale_range)
     dx, dy = rng.uniform(-cfg.max_shift, cfg.max_shift, 2) * size
-    a = np.deg2rad(rng.uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg)) if cfg.max_rotate_deg > 0 else 0.0
+    jitter = rng.uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg) if cfg.max_rotate_deg > 0 else 0.0
+    a = np.deg2rad(base_deg + jitter)
     # dst pixel centre (u, v) <- src = c_src + d + s * R(a) @ ((u, v) - c_dst), with c = side / 2 - 0.5
     rot = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c_dst = np.full(2, size / 2 - 0.5)
@@ -131,12 +176,17 @@ def _augment_one(
 
 
 def augment_batch(
-    wide: npt.NDArray[np.uint8], rng: np.random.Generator, cfg: AugmentConfig, size: int = PAPER_CROP
+    wide: npt.NDArray[np.uint8],
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    size: int = PAPER_CROP,
+    base_deg: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Augmented paper crops ``(N, size, size, 3)`` uint8 BGR from wide crops ``(N, W, W, 3)``."""
+    """Augmented paper crops ``(N, size, size, 3)`` uint8 BGR from wide crops ``(N, W, W, 3)``; ``base_deg`` (N,)
+    rotates each face before the random rotation (the eye roll, to level the eyes)."""
     out = np.empty((wide.shape[0], size, size, 3), np.uint8)
     for i in range(wide.shape[0]):
-        out[i] = _augment_one(wide[i], rng, cfg, size)
+        out[i] = _augment_one(wide[i], rng, cfg, size, 0.0 if base_deg is None else float(base_deg[i]))
     return out
 
 
@@ -151,6 +201,7 @@ class FaceRegressionData:
         seed: int = 0,
         augment: AugmentConfig | None = None,
         crop_size: int = PAPER_CROP,
+        base_deg: npt.NDArray[np.float32] | None = None,
     ) -> None:
         if wide_crops.ndim != 4 or wide_crops.shape[1] != wide_crops.shape[2] or wide_crops.shape[3] != 3:
             raise ExpNetError(f"wide crops must be (N, W, W, 3), got {wide_crops.shape}")
@@ -160,7 +211,10 @@ class FaceRegressionData:
             raise ExpNetError(f"wide crops ({wide_crops.shape[1]} px) are smaller than the crop ({crop_size} px)")
         if wide_crops.shape[1] != WIDE_CROP:
             logger.warning("wide crops are %d px, the cache default is %d", wide_crops.shape[1], WIDE_CROP)
+        if base_deg is not None and base_deg.shape != (wide_crops.shape[0],):
+            raise ExpNetError(f"base_deg must have shape ({wide_crops.shape[0]},), got {base_deg.shape}")
         self.wide = wide_crops
+        self.base_deg = base_deg
         self.targets = targets.astype(np.float32)
         self.seed = seed
         self.augment = augment
@@ -184,7 +238,13 @@ class FaceRegressionData:
             idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
             wide = self.wide[idx]
             if self.augment is None:
-                crops = center_crops(wide, self.crop_size)
+                crops = (
+                    center_crops(wide, self.crop_size)
+                    if self.base_deg is None
+                    else level_crops(wide, self.base_deg[idx], self.crop_size)
+                )
             else:
-                crops = augment_batch(wide, np.random.default_rng([self.seed, epoch, b]), self.augment, self.crop_size)
+                base = None if self.base_deg is None else self.base_deg[idx]
+                rng = np.random.default_rng([self.seed, epoch, b])
+                crops = augment_batch(wide, rng, self.augment, self.crop_size, base)
             yield crops, self.targets[idx]

@@ -2,17 +2,18 @@
 
 1. Fidelity: per-coefficient R² of ExpNet against the labeller's coefficients at full resolution, on the identities
    held out from training (the trainer's split), with the face downscaled to 1, 1/2, 1/4, 1/8 of its size in the
-   frame (the frame is resized with INTER_AREA and the scaled box is cropped by :func:`crop_faces`, as in the worker).
+   frame (the frame is resized with INTER_AREA and the scaled box is cropped by :func:`crop_faces`, as in the worker;
+   a model that levels the eyes gets the roll YuNet measures on the scaled frame, as in the worker).
    The labeller run on the same downscaled crops is scored the same way (where it finds no face its coefficients are
    taken as 0, the training mean, and its found rate is reported).
 2. The paper's protocol on a labelled folder (JAFFE): a linear classifier on features, leave-one-subject-out, at the
    same scales, for ExpNet's coefficients, the labeller's basis coefficients and the labeller's 52 raw blendshapes.
-   A face the labeller cannot find counts as a wrong prediction (see :mod:`.probe`). Boxes are the yuface boxes of
-   the full-resolution images, scaled: detection is excluded from the comparison.
+   A face the labeller cannot find counts as a wrong prediction (see :mod:`.probe`). Boxes are the detector boxes of
+   the full-resolution images (the face cache's), scaled: detection is excluded from the comparison.
 3. Speed per face on this machine: ExpNet on ONNX Runtime (batch 1 and batch 32, emotion output included) vs the
    labeller on the same faces, detection excluded.
-4. Emotions (:mod:`.evaluate_emotions`): FER2013 test/val, JAFFE cross-dataset, and the unlabelled videos through the
-   real pipeline.
+4. Emotions (:mod:`.evaluate_emotions`): FER+ and FER2013 test/val (with the lower third masked too), JAFFE
+   cross-dataset, and the unlabelled videos through the real pipeline (top-emotion flips per track-second).
 
 JAFFE is a test set only: nothing (basis, epochs, emotion output, temperature) is chosen on it.
 
@@ -40,7 +41,7 @@ from ..models.contract import PreprocessContract, contract_path_for
 from .dataset import holdout_mask
 from .labeller import Labeller, default_cache_dir
 from .probe import subject_cv_accuracy
-from .sources import label_contract, load_face_cache, scale_frame
+from .sources import RuntimeRoll, label_contract, load_face_cache, scale_frame
 
 logger = logging.getLogger(__name__)
 
@@ -141,17 +142,19 @@ def _fidelity(cfg: EvalConfig, net: _Expnet, labeller: Labeller, basis: Any, cac
     exp_out: dict[float, list[npt.NDArray[np.float32]]] = {s: [] for s in cfg.scales}
     lab_out: dict[float, list[npt.NDArray[np.float32]]] = {s: [] for s in cfg.scales}
     lab_found: dict[float, list[bool]] = {s: [] for s in cfg.scales}
+    roll_of = RuntimeRoll(net.contract)
     for frame, box, lm, bs in _heldout_frames(cfg, cache_dir):
         targets.append(basis.encode(lm[None], bs[None])[0])
         face_px.append(float(max(box[2] - box[0], box[3] - box[1])))
         for s in cfg.scales:
             fs, bx = scale_frame(frame, box, s)
-            exp_out[s].append(net(crop_faces(fs, bx[None], net.contract))[0])
+            exp_out[s].append(net(crop_faces(fs, bx[None], net.contract, roll_of(fs, bx)))[0])
             found, l_lm, l_bs, _ = labeller.label_one(crop_faces(fs, bx[None], lab_c)[0])
             lab_found[s].append(found)
             lab_out[s].append(
                 basis.encode(l_lm[None], l_bs[None])[0] if found else np.zeros(basis.num_coeffs, np.float32)
             )
+    roll_of.close()
     if not targets:
         raise ExpNetError("no held-out faces for the fidelity report (face caches missing?)")
     t = np.stack(targets)
@@ -196,6 +199,7 @@ def _protocol(
         "scales": {},
     }
     speed_crops = speed_label_crops = np.zeros((0,), np.uint8)
+    roll_of = RuntimeRoll(net.contract)
     for s in cfg.scales:
         lc: list[npt.NDArray[np.float32]] = []
         lb: list[npt.NDArray[np.float32]] = []
@@ -207,7 +211,7 @@ def _protocol(
             if img is None:
                 raise ExpNetError(f"cannot read {root / str(key)}")
             fs, bx = scale_frame(np.asarray(img, np.uint8), cache.boxes[i], s)
-            crop = crop_faces(fs, bx[None], net.contract)
+            crop = crop_faces(fs, bx[None], net.contract, roll_of(fs, bx))
             lcrop = crop_faces(fs, bx[None], lab_c)[0]
             crops_s.append(crop[0])
             lcrops_s.append(lcrop)
@@ -237,6 +241,7 @@ def _protocol(
             row["labeller_blendshapes52"]["accuracy"],
             f.mean(),
         )
+    roll_of.close()
     return res, speed_crops, speed_label_crops
 
 

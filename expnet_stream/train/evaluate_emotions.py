@@ -1,19 +1,27 @@
 """The emotion part of ``expnet-stream evaluate``: what the published emotion output gets right, and where.
 
-1. **FER2013** (the data set's own splits): accuracy, balanced accuracy, per-class recall, confusion matrix and expected
-   calibration error of the published output and of the coefficient head, on ``test`` (reported; nothing was chosen
-   on it) and on ``val`` (where the output, its temperature and the training epochs were chosen; for reference).
-   Faces are framed as in the worker (:mod:`.fer`: detector box, paper crop).
+1. **FER+** (FER2013 faces with the FER+ crowd's majority label over eight emotions, contempt included; faces whose
+   votes are mostly unknown/not-a-face left out, :mod:`.ferplus`): accuracy, balanced accuracy, per-class recall with
+   its count, confusion matrix and expected calibration error of the published output and of the coefficient head on
+   ``test`` (reported; nothing was chosen on it) and ``val`` (where epochs, output, temperature and recipe choices
+   were made; for reference), and the accuracy with the lower third of the face hidden (mouth and chin, the metric
+   of robustness to speech). **FER2013** (its own single labels, seven classes, no contempt): the same on ``test``
+   and ``val``; an eight-class model is scored over the seven FER2013 classes (contempt's probability left out and
+   the rest renormalised). Faces are framed as in the worker (:mod:`.fer`: detector box, paper crop).
 2. **JAFFE, cross-dataset** (never used to choose anything): the same output on the 213 posed faces, yuface box and
    paper crop at full resolution; accuracy, per-class recall, confusion.
 3. **Video, the target domain**: every clip of the unlabelled video folder (and the demo clip when it is cached) through
    the real pipeline (:func:`~expnet_stream.worker.local.run_local`, default settings, sampled at ``video_fps``): the
-   share of frames whose top emotion is each class and the dominant emotion of the 2 s windows, per clip and over all.
-   A timeline PNG is written for a few clips.
+   share of frames whose top emotion is each class and the dominant emotion of the 2 s windows, per clip and over all,
+   and how often a track's top emotion flips per second of track, in the published per-face probabilities
+   (``emotions``) and in the published per-track smoothed ones (``emotions_smoothed``): the faces in these clips
+   talk, and an emotion that flips with each syllable is reading the mouth. A timeline PNG is written for a few
+   clips.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -25,12 +33,12 @@ import numpy.typing as npt
 from ..faces.crop import crop_faces
 from ..models.contract import PreprocessContract, contract_path_for
 from ..models.emotion import EMOTIONS, EmotionHead, emotion_metrics, unsupported_of
-from .dataset import center_crops
-from .sources import PAPER_CROP, WIDE_CROP, load_face_cache
+from .dataset import framed_crops
+from .sources import PAPER_CROP, WIDE_CROP, RuntimeRoll, load_face_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishedEmotions", "evaluate_emotions", "plot_confusions", "plot_video_shares"]
+__all__ = ["PublishedEmotions", "evaluate_emotions", "flip_rate", "plot_confusions", "plot_video_shares"]
 
 
 class PublishedEmotions:
@@ -84,31 +92,55 @@ def _metrics(proba: npt.NDArray[Any], classes: tuple[str, ...], labels: list[str
     }
 
 
-def _fer(net: PublishedEmotions, cache_dir: Path) -> dict[str, Any]:
+def _restrict(proba: npt.NDArray[Any], classes: tuple[str, ...], keep: tuple[str, ...]) -> npt.NDArray[Any]:
+    """Probabilities over ``keep`` (a subset of ``classes``), renormalised: the scores of a model with more classes
+    on a data set with fewer."""
+    cols = [classes.index(k) for k in keep]
+    p = proba[:, cols]
+    return np.asarray(p / np.maximum(p.sum(1, keepdims=True), 1e-12))
+
+
+def _fer_crops(net: PublishedEmotions, cache: Any, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    crop = net.contract.crop_size
+    wide_size = round(crop * WIDE_CROP / PAPER_CROP)
+    wide = cache.crops[mask]
+    if wide.shape[1] != wide_size:
+        import cv2
+
+        wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
+    return framed_crops(wide, cache.roll[mask], crop, net.contract.crop_level_eyes)
+
+
+def _fer(net: PublishedEmotions, cache_dir: Path, data_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(FER2013 block, FER+ block)`` of the report."""
+    from ..models.emotion import FER_CLASSES
+    from .dataset import mask_lower_face
     from .fer import load_fer_cache
+    from .ferplus import load_ferplus, majority_labels
 
     path = cache_dir / "faces" / "fer2013.npz"
     if not path.is_file():
-        return {"skipped": f"no FER2013 cache at {path}: run `expnet-stream label --sets fer2013`"}
+        skipped = {"skipped": f"no FER2013 cache at {path}: run `expnet-stream label --sets fer2013`"}
+        return skipped, dict(skipped)
     cache = load_fer_cache(path)
-    crop = net.contract.crop_size
-    wide_size = round(crop * WIDE_CROP / PAPER_CROP)
-    res: dict[str, Any] = {"detector_found_rate": float(cache.detected.mean())}
+    votes_path = data_dir / "train" / "fer2013" / "ferplus.npz"
+    votes = load_ferplus(votes_path, len(cache))["votes"] if votes_path.is_file() else None
+    fer: dict[str, Any] = {"detector_found_rate": float(cache.detected.mean())}
+    ferplus: dict[str, Any] = {} if votes is not None else {"skipped": f"{votes_path} is absent"}
+    fer_classes = tuple(k for k in FER_CLASSES if k in net.classes)
     for split in ("test", "val"):
         m = cache.split == split
-        wide = cache.crops[m]
-        if wide.shape[1] != wide_size:
-            import cv2
-
-            wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
-        pub, coef = net(center_crops(wide, crop))
+        crops = _fer_crops(net, cache, m)
+        pub, coef = net(crops)
         labels = [str(k) for k in cache.labels[m]]
         row: dict[str, Any] = {}
         if pub is not None:
-            row["published"] = _metrics(pub, net.classes, labels)
+            row["published"] = _metrics(_restrict(pub, net.classes, fer_classes), fer_classes, labels)
+            row["published"]["scored_over"] = list(fer_classes)
         if coef is not None and net.head is not None:
-            row["coefficient_head"] = _metrics(coef, net.head.classes, labels)
-        res[split] = row
+            head_fer = tuple(k for k in FER_CLASSES if k in net.head.classes)
+            row["coefficient_head"] = _metrics(_restrict(coef, net.head.classes, head_fer), head_fer, labels)
+        fer[split] = row
         if "published" in row:
             logger.info(
                 "fer2013 %s accuracy=%.4f balanced=%.4f min_recall=%.3f ece=%.4f",
@@ -118,8 +150,41 @@ def _fer(net: PublishedEmotions, cache_dir: Path) -> dict[str, Any]:
                 min(row["published"]["recall"].values()),
                 row["published"]["ece"],
             )
-    res["role"] = {"test": "reported (never used to choose)", "val": "used to choose epochs, output and temperature"}
-    return res
+        if votes is None or pub is None:
+            continue
+        maj = majority_labels(votes[m])
+        keep = maj >= 0
+        names = [EMOTIONS[i] for i in maj[keep]]
+        prow: dict[str, Any] = {"published": _metrics(pub[keep], net.classes, names)}
+        if coef is not None and net.head is not None:
+            prow["coefficient_head"] = _metrics(coef[keep], net.head.classes, names)
+        masked, _ = net(mask_lower_face(crops[keep], net.contract.mean_bgr))
+        if masked is not None:
+            mm = _metrics(masked, net.classes, names)
+            prow["lower_third_masked"] = {
+                "accuracy": mm["accuracy"],
+                "balanced_accuracy": mm["balanced_accuracy"],
+                "recall": mm["recall"],
+                "ratio_to_unmasked": mm["accuracy"] / max(prow["published"]["accuracy"], 1e-12),
+            }
+        no_votes = int((votes[m].sum(1) == 0).sum())
+        prow["faces_left_out"] = {"no_votes": no_votes, "mostly_unknown_or_not_a_face": int((~keep).sum()) - no_votes}
+        ferplus[split] = prow
+        logger.info(
+            "ferplus %s accuracy=%.4f balanced=%.4f masked=%.4f",
+            split,
+            prow["published"]["accuracy"],
+            prow["published"]["balanced_accuracy"],
+            prow.get("lower_third_masked", {}).get("accuracy", float("nan")),
+        )
+    role = {"test": "reported (never used to choose)", "val": "used to choose epochs, output, temperature, recipe"}
+    fer["role"] = role
+    if votes is not None:
+        ferplus["role"] = role
+        ferplus["label"] = (
+            "FER+ majority over 8 emotions (ties: first in FER+ column order); mostly unknown/NF left out"
+        )
+    return fer, ferplus
 
 
 def _jaffe(net: PublishedEmotions, data_dir: Path, cache_dir: Path) -> dict[str, Any]:
@@ -135,11 +200,13 @@ def _jaffe(net: PublishedEmotions, data_dir: Path, cache_dir: Path) -> dict[str,
         build_face_cache(iter_labelled_folder(root), path)
     cache = load_face_cache(path)
     crops = []
-    for i, key in enumerate(cache.keys):
-        img = cv2.imread(str(root / str(key)), cv2.IMREAD_COLOR)
-        if img is None:
-            return {"skipped": f"cannot read {root / str(key)}"}
-        crops.append(crop_faces(np.asarray(img, np.uint8), cache.boxes[i][None], net.contract)[0])
+    with RuntimeRoll(net.contract) as roll_of:
+        for i, key in enumerate(cache.keys):
+            img = cv2.imread(str(root / str(key)), cv2.IMREAD_COLOR)
+            if img is None:
+                return {"skipped": f"cannot read {root / str(key)}"}
+            frame = np.asarray(img, np.uint8)
+            crops.append(crop_faces(frame, cache.boxes[i][None], net.contract, roll_of(frame, cache.boxes[i]))[0])
     pub, coef = net(np.stack(crops))
     labels = [str(k) for k in cache.labels]
     res: dict[str, Any] = {"images": cache.meta["images"], "role": "cross-dataset test set: nothing chosen on it"}
@@ -148,6 +215,25 @@ def _jaffe(net: PublishedEmotions, data_dir: Path, cache_dir: Path) -> dict[str,
     if coef is not None and net.head is not None:
         res["coefficient_head"] = _metrics(coef, net.head.classes, labels)
     return res
+
+
+def flip_rate(tracks: dict[int, list[tuple[float, npt.NDArray[np.float64]]]]) -> tuple[int, float]:
+    """``(flips, track seconds)``: how many times a track's top emotion changes between its consecutive faces
+    (``(pts_time, probabilities)`` per face), and the summed duration of the tracks (first to last face).
+
+    >>> p = [np.array([0.6, 0.4]), np.array([0.4, 0.6]), np.array([0.6, 0.4])]
+    >>> flip_rate({1: [(0.0, p[0]), (0.1, p[1]), (0.2, p[2])]})
+    (2, 0.2)
+    """
+    flips, seconds = 0, 0.0
+    for faces in tracks.values():
+        faces = sorted(faces, key=lambda f: f[0])
+        if len(faces) < 2:
+            continue
+        seconds += faces[-1][0] - faces[0][0]
+        tops = [int(np.argmax(p)) for _, p in faces]
+        flips += sum(int(a != b) for a, b in itertools.pairwise(tops))
+    return flips, round(seconds, 6)
 
 
 def _videos(
@@ -172,15 +258,29 @@ def _videos(
     per_clip: dict[str, Any] = {}
     total_frames = np.zeros(len(classes), np.int64)
     total_windows: dict[str, int] = {}
+    total_flips, total_track_s = [0, 0], 0.0
     for n, video in enumerate(videos):
         events: list[FrameEvent | EmotionAggregate | StreamSummary] = []
         run_local([(str(video), video.stem)], settings, detector, engine, events.append, emotion_head=head)
         tops = np.zeros(len(classes), np.int64)
+        tracks: dict[int, list[tuple[float, npt.NDArray[np.float64]]]] = {}
+        smoothed: dict[int, list[tuple[float, npt.NDArray[np.float64]]]] = {}
         for ev in events:
             if isinstance(ev, FrameEvent):
                 for f in ev.faces:
                     if f.emotions:
                         tops[classes.index(max(f.emotions, key=lambda k: f.emotions[k] if f.emotions else 0.0))] += 1
+                        if f.track_id >= 0:
+                            probs = np.array([f.emotions.get(k, 0.0) for k in classes], np.float64)
+                            tracks.setdefault(f.track_id, []).append((ev.pts_time, probs))
+                        if f.track_id >= 0 and f.emotions_smoothed:
+                            sm = np.array([f.emotions_smoothed.get(k, 0.0) for k in classes], np.float64)
+                            smoothed.setdefault(f.track_id, []).append((ev.pts_time, sm))
+        flips, track_s = flip_rate(tracks)
+        flips_smooth, _ = flip_rate(smoothed)
+        total_flips[0] += flips
+        total_flips[1] += flips_smooth
+        total_track_s += track_s
         windows: dict[str, int] = {}
         for ev in events:
             if isinstance(ev, EmotionAggregate) and ev.track_id == STREAM_TRACK and ev.dominant_emotion:
@@ -194,6 +294,9 @@ def _videos(
                 k: round(float(v / max(tops.sum(), 1)), 4) for k, v in zip(classes, tops, strict=True)
             },
             "dominant_windows": windows,
+            "track_seconds": track_s,
+            "top_flips_per_track_second": round(flips / track_s, 4) if track_s else None,
+            "top_flips_per_track_second_smoothed": round(flips_smooth / track_s, 4) if track_s else None,
         }
         if n < plots:
             plot_timeline(events, video.stem, out / f"timeline_{video.stem}.png")
@@ -208,6 +311,12 @@ def _videos(
         },
         "all_clips_dominant_windows": total_windows,
         "classes_never_top": [k for k, v in zip(classes, total_frames, strict=True) if v == 0],
+        "all_clips_track_seconds": round(total_track_s, 3),
+        "all_clips_top_flips_per_track_second": round(total_flips[0] / total_track_s, 4) if total_track_s else None,
+        "all_clips_top_flips_per_track_second_smoothed": (
+            round(total_flips[1] / total_track_s, 4) if total_track_s else None
+        ),
+        "smoothed_half_life_s": settings.temporal.smoothing.emotion_half_life_s,
     }
 
 
@@ -232,7 +341,7 @@ def evaluate_emotions(
         "classes": list(net.classes),
         "unsupported": list(unsupported_of(net.classes)) if net.classes else list(EMOTIONS),
     }
-    report["fer2013"] = _fer(net, Path(cache_dir))
+    report["fer2013"], report["ferplus"] = _fer(net, Path(cache_dir), Path(data_dir))
     report["jaffe"] = _jaffe(net, Path(data_dir), Path(cache_dir))
     video_dir = Path(data_dir) / "videos" / "unlabeled"
     videos = [Path(v) for v in extra_videos] + (sorted(video_dir.glob("*.mp4")) if video_dir.is_dir() else [])
@@ -287,7 +396,8 @@ def plot_confusions(report: dict[str, Any], out: Path) -> list[str]:
     panels = [
         (title, block["published"])
         for title, block in (
-            ("FER2013 test (published output)", report.get("fer2013", {}).get("test", {})),
+            ("FER+ test, majority labels (published output)", report.get("ferplus", {}).get("test", {})),
+            ("FER2013 test, 7 classes (published output)", report.get("fer2013", {}).get("test", {})),
             ("JAFFE, cross-dataset (published output)", report.get("jaffe", {})),
         )
         if "published" in block

@@ -4,10 +4,13 @@ FER2013 (Goodfellow et al., ICONIP 2013) images are tight 48 px grey crops: chin
 worker never sees such a crop: it sees a detector box on a frame and cuts the paper crop (square box, 1.5x, cubic). So
 each image is edge-padded (the 1.5x crop reaches past the 48 px border; replicated edges give it texture, as a frame
 would, instead of a black frame no video has; mirrored padding would add mirrored faces the detector picks), the
-worker's detector (yuface) runs on it (upscaled 3x: yuface wants faces of tens of pixels), and the wide crop of that
-box is cached like the other face caches (:mod:`.sources`). Images where the detector finds no face (about 12%) get
-the median box of those where it does, so no image of any split is dropped (the test split is reported on all of its
-3,589 faces).
+worker's detector runs on it (upscaled 3x: detectors want faces of tens of pixels), and the wide crop of that
+box is cached like the other face caches (:mod:`.sources`). The detector is the worker's default (``yunet``, at its
+default score), and its five landmarks are kept: the roll of the eye line (:func:`eye_roll_deg`) lets training and
+evaluation level the eyes before the crop (:func:`~expnet_stream.train.dataset.level_crops`). Images where the detector
+finds no face get the median box of ``train`` faces where it does (taken from ``train`` only, so no statistic of
+``val`` or ``test`` frames a face) and roll 0, so no image of any split is dropped (the test split is reported on all
+of its 3,589 faces).
 
 Optionally the labeller (MediaPipe) labels each paper crop at full resolution, so FER2013 faces also carry expression
 coefficients for the student.
@@ -29,27 +32,40 @@ import numpy.typing as npt
 
 from ..errors import ExpNetError
 from ..faces.crop import crop_faces
+from ..faces.detections import eye_roll_deg
 from ..fileio import atomic_writer
 from ..models.emotion import FER_CLASSES
 from .sources import LABEL_CROP, WIDE_CROP, WIDE_EXPAND, label_contract, pick_face
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FER_CACHE_VERSION", "FerCache", "build_fer_cache", "fer_frame", "load_fer_cache", "load_fer_npz"]
+__all__ = [
+    "FER_CACHE_VERSION",
+    "FerCache",
+    "build_fer_cache",
+    "eye_roll_deg",
+    "fer_frame",
+    "landmark_roll_deg",
+    "load_fer_cache",
+    "load_fer_npz",
+]
 
-FER_CACHE_VERSION = "fer2013-faces-v1"
+FER_CACHE_VERSION = "fer2013-faces-v2"
 FRAME_PAD = 32  # reflect padding around the 48 px image: the 1.5x wide crop of a 50 px box needs ~23 px
-DETECT_UP = 3  # yuface runs on the padded frame upscaled 3x (93% found on 300 train images vs 87% at 2x)
+DETECT_UP = 3  # the detector runs on the padded frame upscaled 3x (yuface: 93% found on 300 train images vs 87% at 2x)
 
 
 @dataclass(frozen=True)
 class FerCache:
-    """FER2013 faces (N): ids, split, label, box in the padded frame, detector hit, wide crops, labeller output."""
+    """FER2013 faces (N): ids, split, label, box and five landmarks in the padded frame, detector hit, roll of the eye
+    line (degrees, 0 where nothing was detected), wide crops, labeller output."""
 
     ids: npt.NDArray[np.str_]
     split: npt.NDArray[np.str_]
     labels: npt.NDArray[np.str_]
     boxes: npt.NDArray[np.float32]
+    landmarks: npt.NDArray[np.float32]
+    roll: npt.NDArray[np.float32]
     detected: npt.NDArray[np.bool_]
     crops: npt.NDArray[np.uint8]
     full_found: npt.NDArray[np.bool_]
@@ -91,13 +107,34 @@ def fer_frame(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(cv2.cvtColor(padded, cv2.COLOR_GRAY2BGR))
 
 
+#: MediaPipe FaceLandmarker (478-point topology) eye corners: outer and inner corner of the eye on the image's left,
+#: then of the other eye; their midpoints stand in for YuNet's eye points.
+MP_EYE_CORNERS = ((33, 133), (362, 263))
+
+
+def landmark_roll_deg(landmarks: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Roll of the eye line in degrees, ``(N,)``, from the labeller's 478 landmarks ``(N, 478, 2+)`` (any square-crop
+    coordinates): the same angle as :func:`eye_roll_deg` measures on YuNet's points, for faces labelled by MediaPipe
+    (the LFW and video caches)."""
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    (a, b), (c, d) = MP_EYE_CORNERS
+    five = np.zeros((lm.shape[0], 5, 2))
+    five[:, 0] = (lm[:, a, :2] + lm[:, b, :2]) / 2
+    five[:, 1] = (lm[:, c, :2] + lm[:, d, :2]) / 2
+    return eye_roll_deg(five)
+
+
 def _detect_boxes(
-    images: npt.NDArray[np.uint8], detector_name: str, progress: bool
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    images: npt.NDArray[np.uint8], split: npt.NDArray[np.str_], detector_name: str, progress: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Boxes ``(N, 4)`` and landmarks ``(N, 5, 2)`` in the padded frame, and the detector hit ``(N,)``."""
     from ..plugin_registry import create
 
     detector = create("face_detector", detector_name)
     boxes = np.zeros((images.shape[0], 4), np.float32)
+    landmarks = np.zeros((images.shape[0], 5, 2), np.float32)
     found = np.zeros(images.shape[0], bool)
     it: Any = range(images.shape[0])
     if progress:
@@ -107,18 +144,26 @@ def _detect_boxes(
     try:
         for i in it:
             frame = fer_frame(images[i])
-            big = cv2.resize(frame, None, fx=DETECT_UP, fy=DETECT_UP, interpolation=cv2.INTER_CUBIC)
-            det = detector.detect(np.ascontiguousarray(big))
-            j = pick_face(det.xyxy, det.score)
+            big = np.ascontiguousarray(
+                cv2.resize(frame, None, fx=DETECT_UP, fy=DETECT_UP, interpolation=cv2.INTER_CUBIC)
+            )
+            if hasattr(detector, "detect_landmarks"):
+                xyxy, score, kps = detector.detect_landmarks(big)
+            else:  # a detector without landmarks: boxes only, roll 0
+                det = detector.detect(big)
+                xyxy, score, kps = det.xyxy, det.score, np.zeros((len(det), 5, 2), np.float32)
+            j = pick_face(xyxy, score)
             if j is not None:
-                boxes[i] = det.xyxy[j] / DETECT_UP
+                boxes[i] = xyxy[j] / DETECT_UP
+                landmarks[i] = kps[j] / DETECT_UP
                 found[i] = True
     finally:
         detector.close()
-    if not found.any():
-        raise ExpNetError("the detector found no face in any FER2013 image")
-    boxes[~found] = np.median(boxes[found], axis=0)
-    return boxes, found
+    in_train = found & (split == "train")
+    if not in_train.any():
+        raise ExpNetError("the detector found no face in any FER2013 train image")
+    boxes[~found] = np.median(boxes[in_train], axis=0)
+    return boxes, landmarks, found
 
 
 def build_fer_cache(
@@ -126,7 +171,7 @@ def build_fer_cache(
     out_path: str | os.PathLike[str],
     *,
     label: bool = True,
-    detector_name: str = "yuface",
+    detector_name: str = "yunet",
     limit: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -134,7 +179,9 @@ def build_fer_cache(
     data = load_fer_npz(npz_path)
     images = data["images"][:limit]
     n = images.shape[0]
-    boxes, found = _detect_boxes(images, detector_name, progress)
+    boxes, landmarks, found = _detect_boxes(images, data["split"][:limit], detector_name, progress)
+    has_eyes = found & np.any(landmarks != 0, axis=(1, 2))
+    roll = np.where(has_eyes, eye_roll_deg(landmarks), 0.0).astype(np.float32)
     wide_c = label_contract(WIDE_CROP, WIDE_EXPAND)
     crops = np.empty((n, WIDE_CROP, WIDE_CROP, 3), np.uint8)
     lab_found = np.zeros(n, bool)
@@ -170,6 +217,8 @@ def build_fer_cache(
             split=data["split"][:limit],
             labels=data["label"][:limit],
             boxes=boxes,
+            landmarks=landmarks,
+            roll=roll,
             detected=found,
             crops=crops,
             full_found=lab_found,

@@ -89,9 +89,17 @@ def select_basis(
 
         fer = load_fer_cache(faces / "fer2013.npz")
         m = fer.split != "test"  # the test split is never used to choose
-        cells["fer2013/48px"] = _Cell(
-            fer.full_found[m].astype(bool), fer.full_landmarks[m], fer.full_blendshapes[m], fer.labels[m], fer.ids[m], 5
-        )
+        if not fer.full_found[m].any():  # built without --fer-coefficients: no labeller output to score
+            logger.info("fer2013 cache has no labeller output: cell skipped")
+        else:
+            cells["fer2013/48px"] = _Cell(
+                fer.full_found[m].astype(bool),
+                fer.full_landmarks[m],
+                fer.full_blendshapes[m],
+                fer.labels[m],
+                fer.ids[m],
+                5,
+            )
     if not cells:
         raise ExpNetError(f"no labelled training cache in {faces}: run `expnet-stream label` first")
     table: dict[str, Any] = {"candidates": {}, "fit_faces": int(lm.shape[0])}

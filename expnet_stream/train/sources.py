@@ -4,7 +4,7 @@ A *labelled folder* is a folder with ``labels.csv`` holding at least the columns
 (emotion) and ``subject`` (identity, for subject-disjoint folds): ``train/lfw_expressions`` and ``eval/jaffe`` in
 the shared data. A *video folder* holds ``*.mp4`` clips; each clip is one identity and frames are sampled evenly.
 
-For each image the cache stores the yuface box (the detector the worker uses, highest score x area), a *wide* crop
+For each image the cache stores the yunet box (the worker's default detector, highest score x area), a *wide* crop
 (the paper crop rule with a larger margin, so training can jitter the box and still cut a paper crop from it), and
 the labeller's output on the paper crop at full resolution and with the face downscaled to ``small_face_px``.
 Caches live under :func:`~expnet_stream.train.labeller.default_cache_dir` (never in the repository).
@@ -32,10 +32,12 @@ from ..models.contract import PreprocessContract
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CACHE_VERSION",
     "LABEL_CROP",
     "WIDE_CROP",
     "WIDE_EXPAND",
     "FaceCache",
+    "RuntimeRoll",
     "SourceImage",
     "build_face_cache",
     "downscale_frame",
@@ -46,7 +48,7 @@ __all__ = [
     "pick_face",
 ]
 
-CACHE_VERSION = "faces-v1"
+CACHE_VERSION = "faces-v2"  # v2: yunet boxes (the worker's default detector), v1: yuface
 # The labeller sees the paper crop (1.5x square box) at this size; MediaPipe's landmark network runs at 256.
 LABEL_CROP = 256
 # The wide crop covers WIDE_CROP / 114 times the paper crop of the s112 variants (138 / 114 = 1.21).
@@ -146,6 +148,42 @@ def scale_frame(
     return small, sb
 
 
+class RuntimeRoll:
+    """The eye-line roll the worker would crop a face with: YuNet (the default detector) on the frame, the roll of the
+    detection that overlaps the face's box best (NaN when none overlaps, or the contract does not level the eyes:
+    then :func:`~expnet_stream.faces.crop.crop_faces` crops upright). For evaluations that crop cached boxes."""
+
+    def __init__(self, contract: PreprocessContract) -> None:
+        self._detector: Any = None
+        if contract.crop_level_eyes:
+            from ..plugin_registry import create
+
+            self._detector = create("face_detector", "yunet")
+
+    def __call__(self, frame: npt.NDArray[np.uint8], box: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        if self._detector is None:
+            return np.full(1, np.nan, np.float32)
+        from ..faces.tracker import iou_matrix
+
+        dets = self._detector.detect(frame)
+        if not len(dets):
+            return np.full(1, np.nan, np.float32)
+        iou = iou_matrix(dets.xyxy, np.asarray(box, np.float32).reshape(1, 4))[:, 0]
+        j = int(iou.argmax())
+        return dets.roll_deg[j : j + 1] if iou[j] > 0.3 else np.full(1, np.nan, np.float32)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+
+    def __enter__(self) -> RuntimeRoll:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class FaceCache:
     """Arrays of a face cache (N faces); see the module docstring. ``meta`` holds counts and settings."""
@@ -173,7 +211,7 @@ def build_face_cache(
     out_path: str | os.PathLike[str],
     *,
     small_face_px: float = 32.0,
-    detector_name: str = "yuface",
+    detector_name: str = "yunet",
     progress: bool = True,
     total: int | None = None,
 ) -> Path:

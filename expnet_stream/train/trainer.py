@@ -36,12 +36,13 @@ import numpy.typing as npt
 from ..errors import ExpNetError, ModelError
 from ..fileio import atomic_writer
 from .dataset import AugmentConfig, FaceRegressionData, holdout_mask
+from .emotion_data import EmotionData, class_weights, emotion_classes, load_emotion_data
 from .labeller import default_cache_dir
 from .sources import PAPER_CROP, WIDE_CROP, FaceCache, load_face_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainData", "load_train_data", "r2_per_coeff", "train"]
+__all__ = ["TrainConfig", "TrainData", "load_train_data", "r2_per_coeff", "train", "warm_start"]
 
 TRAIN_STATE_FORMAT = "expnet-stream/train-state-v1"
 
@@ -68,10 +69,15 @@ class TrainConfig:
     caches: tuple[str, ...] = ("lfw_expressions", "videos")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     emotion_cache: str | None = "fer2013"
+    emotion_targets: str = "ferplus"
+    keep_unmatched: bool = False
+    level_eyes: bool = False
+    p_mask_lower: float = 0.3
     emotion_weight: float = 1.0
     emotion_balance: float = 0.5
     label_smoothing: float = 0.05
     fer_coeff_weight: float = 0.5
+    data_dir: str = ""
     device: str = "cpu"
 
 
@@ -84,6 +90,7 @@ class TrainData:
     subjects: npt.NDArray[np.str_]
     sources: npt.NDArray[np.str_]
     val: npt.NDArray[np.bool_]
+    roll: npt.NDArray[np.float32]
 
 
 def r2_per_coeff(pred: npt.ArrayLike, target: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -110,7 +117,10 @@ def load_train_data(
     cache_dir: str | os.PathLike[str], names: tuple[str, ...], basis_id: str, val_fraction: float, wide_size: int
 ) -> TrainData:
     """Read the face caches ``<cache_dir>/faces/<name>.npz``, encode targets, split identities."""
+    from .fer import landmark_roll_deg
+
     parts: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.str_], str]] = []
+    rolls: list[npt.NDArray[np.float32]] = []
     for name in names:
         path = Path(cache_dir) / "faces" / f"{name}.npz"
         if not path.is_file():
@@ -121,12 +131,14 @@ def load_train_data(
         if wide.shape[1] != wide_size:
             wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
         parts.append((wide, coeffs[ok], cache.subjects[ok], name))
+        rolls.append(landmark_roll_deg(cache.full_landmarks[ok]))
         logger.info("train cache name=%s faces=%d labelled=%d", name, len(cache), int(ok.sum()))
     wide = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])
     subjects = np.concatenate([np.char.add(f"{p[3]}/", p[2].astype(str)) for p in parts])
     sources = np.concatenate([np.full(p[0].shape[0], p[3]) for p in parts])
-    return TrainData(wide, targets, subjects, sources, holdout_mask(subjects, val_fraction))
+    roll = np.concatenate(rolls).astype(np.float32)
+    return TrainData(wide, targets, subjects, sources, holdout_mask(subjects, val_fraction), roll)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -166,52 +178,68 @@ def predict_crops_all(
     return c_out, (np.concatenate(logits).astype(np.float32) if logits else None)
 
 
-@dataclass(frozen=True)
-class EmotionData:
-    """FER2013 faces for multi-task training: wide crops, label index, split, coefficient targets and their mask."""
+def warm_start(model: Any, cfg: TrainConfig, classes: tuple[str, ...]) -> Any:
+    """Load ``cfg.init_from``'s weights into ``model`` (weights only: the optimizer and schedule start afresh);
+    returns the warm checkpoint's contract.
 
-    wide: npt.NDArray[np.uint8]
-    labels: npt.NDArray[np.int64]
-    split: npt.NDArray[np.str_]
-    targets: npt.NDArray[np.float32]
-    has_targets: npt.NDArray[np.bool_]
-
-
-def load_emotion_data(cache_dir: str | os.PathLike[str], name: str, basis_id: str, wide_size: int) -> EmotionData:
-    """Read ``<cache_dir>/faces/<name>.npz`` (a FER2013 cache) and encode its coefficient targets."""
-    from .basis import load_basis
-    from .fer import load_fer_cache
-
-    path = Path(cache_dir) / "faces" / f"{name}.npz"
-    if not path.is_file():
-        raise ExpNetError(f"emotion cache {path} is missing: run `expnet-stream label --sets {name}` first")
-    cache = load_fer_cache(path)
-    wide = cache.crops
-    if wide.shape[1] != wide_size:
-        wide = np.stack([cv2.resize(w, (wide_size, wide_size), interpolation=cv2.INTER_AREA) for w in wide])
-    basis = load_basis(basis_id)
-    ok = cache.full_found.astype(bool)
-    targets = np.zeros((len(cache), basis.num_coeffs), np.float32)
-    if ok.any():
-        targets[ok] = basis.encode(cache.full_landmarks[ok], cache.full_blendshapes[ok])
-    logger.info("emotion cache name=%s faces=%d with coefficient targets=%d", name, len(cache), int(ok.sum()))
-    return EmotionData(wide, cache.label_index(), cache.split, targets, ok)
-
-
-def class_weights(labels: npt.NDArray[np.int64], num_classes: int, power: float) -> npt.NDArray[np.float32]:
-    """``(N / (C * count_c)) ** power`` per class (0: none, 1: full inverse-frequency balancing)."""
-    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
-    w: npt.NDArray[np.float32] = ((counts.sum() / (num_classes * np.maximum(counts, 1.0))) ** power).astype(np.float32)
-    return w
-
-
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.model``; returns the summary also written to ``<out>/summary.json``."""
+    * An emotion head over other classes (the seven FER2013 classes of ``lfw-videos-fer2013-v1``) is mapped row by
+      row onto ``classes``; a class it lacks (contempt) keeps its fresh initialisation.
+    * A checkpoint trained in another expression basis keeps its trunk; its coefficient head starts afresh (its rows
+      mean other coefficients).
+    """
     import torch
 
-    from ..models.emotion import FER_CLASSES, emotion_metrics, softmax
-    from ..models.registry import create_model, load_checkpoint, save_checkpoint
-    from .dataset import center_crops, degrade_face_scale
+    from ..models.emotion import FER_CLASSES
+    from ..models.registry import load_checkpoint
+
+    warm, warm_contract = load_checkpoint(cfg.init_from or "")
+    state = {k: v for k, v in warm.state_dict().items() if not k.startswith("emotion_fc.")}
+    if warm_contract.basis_id != cfg.basis_id:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if any(not k.startswith(("emotion_fc.", "fc.")) for k in missing) or unexpected:
+        raise ModelError(f"{cfg.init_from} does not fit {cfg.model}: missing {missing}, unexpected {unexpected}")
+    warm_head = getattr(warm, "emotion_fc", None)
+    if warm_head is not None and model.emotion_fc is not None:
+        warm_classes = tuple(warm_contract.emotion_classes) or (
+            FER_CLASSES if warm_head.out_features == len(FER_CLASSES) else ()
+        )
+        if len(warm_classes) != warm_head.out_features:
+            raise ModelError(f"{cfg.init_from}: its emotion head has {warm_head.out_features} outputs, no class names")
+        with torch.no_grad():
+            for i, k in enumerate(warm_classes):
+                if k in classes:
+                    model.emotion_fc.weight[classes.index(k)] = warm_head.weight[i].float()
+                    model.emotion_fc.bias[classes.index(k)] = warm_head.bias[i].float()
+    logger.info(
+        "initialised from checkpoint path=%s fresh=%s basis %s -> %s",
+        cfg.init_from,
+        sorted({k.split(".")[0] for k in missing}),
+        warm_contract.basis_id,
+        cfg.basis_id,
+    )
+    return warm_contract
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    until_epoch: int | None = None,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.model``; returns the summary also written to ``<out>/summary.json``.
+
+    A run may span several working sessions: ``until_epoch`` or ``max_minutes`` (of this call, checked after each
+    epoch) stop it early with its state in ``<out>/last.pt``, and ``resume=True`` continues from there on the same
+    schedule (the learning-rate cycle covers ``cfg.epochs``), so the result equals an uninterrupted run's."""
+    import torch
+
+    from ..models.emotion import emotion_metrics, softmax
+    from ..models.registry import create_model, save_checkpoint
+    from .choices import soft_cross_entropy
+    from .dataset import center_crops, degrade_face_scale, level_crops, mask_lower_face
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -219,17 +247,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, contract = create_model(cfg.model, seed=cfg.seed)
-    warm_contract = None
+    classes = emotion_classes(cfg.emotion_targets)
     if cfg.emotion_cache:
-        model.add_emotion_head(len(FER_CLASSES), seed=cfg.seed)
-    if cfg.init_from:
-        # Warm start (e.g. a second learning-rate cycle): weights only, the optimizer and schedule start afresh.
-        # A checkpoint without an emotion head warm-starts the trunk and the coefficient head.
-        warm, warm_contract = load_checkpoint(cfg.init_from)
-        missing, _unexpected = model.load_state_dict(warm.state_dict(), strict=False)
-        if any(not k.startswith("emotion_fc.") for k in missing) or _unexpected:
-            raise ModelError(f"{cfg.init_from} does not fit {cfg.model}: missing {missing}, unexpected {_unexpected}")
-        logger.info("initialised from checkpoint path=%s new_keys=%s", cfg.init_from, missing)
+        model.add_emotion_head(len(classes), seed=cfg.seed)
+    warm_contract = warm_start(model, cfg, classes) if cfg.init_from else None
     crop = contract.crop_size
     wide_size = round(crop * WIDE_CROP / PAPER_CROP)
     cache_dir = cfg.cache_dir or str(default_cache_dir())
@@ -238,38 +259,71 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if cfg.max_train is not None and tr_idx.size > cfg.max_train:
         tr_idx = np.sort(np.random.default_rng(cfg.seed).choice(tr_idx, cfg.max_train, replace=False))
     va_idx = np.flatnonzero(data.val)
-    # Targets packed per face: K coefficients, the coefficient-loss weight, the emotion label (-1: none).
-    k = data.targets.shape[1]
+    # Targets packed per face: K coefficients, the coefficient-loss weight, the emotion-loss weight (0: none), then
+    # the emotion target distribution over `classes`.
+    k, c = data.targets.shape[1], len(classes)
     packed = np.concatenate(
-        [data.targets[tr_idx], np.ones((tr_idx.size, 1), np.float32), np.full((tr_idx.size, 1), -1.0, np.float32)], 1
+        [data.targets[tr_idx], np.ones((tr_idx.size, 1), np.float32), np.zeros((tr_idx.size, 1 + c), np.float32)], 1
     )
     wide_train = data.wide[tr_idx]
+    base_deg = data.roll[tr_idx]
     emo: EmotionData | None = None
     emo_val_crops = np.zeros((0, crop, crop, 3), np.uint8)
     emo_val_labels = np.zeros(0, np.int64)
-    cw = np.ones(len(FER_CLASSES), np.float32)
+    cw = np.ones(c, np.float32)
     if cfg.emotion_cache:
-        emo = load_emotion_data(cache_dir, cfg.emotion_cache, cfg.basis_id, wide_size)
+        emo = load_emotion_data(
+            cache_dir,
+            cfg.emotion_cache,
+            cfg.basis_id,
+            wide_size,
+            targets=cfg.emotion_targets,
+            data_dir=cfg.data_dir or None,
+            keep_unmatched=cfg.keep_unmatched,
+        )
         fer_tr = np.flatnonzero(emo.split == "train")
         if cfg.max_train is not None and fer_tr.size > cfg.max_train:
             fer_tr = np.sort(np.random.default_rng(cfg.seed + 1).choice(fer_tr, cfg.max_train, replace=False))
-        fer_va = np.flatnonzero(emo.split == "val")
-        emo_val_crops = center_crops(emo.wide[fer_va], crop)
+        fer_va = np.flatnonzero((emo.split == "val") & (emo.labels >= 0))
+        emo_val_crops = (
+            level_crops(emo.wide[fer_va], emo.roll[fer_va], crop)
+            if cfg.level_eyes
+            else center_crops(emo.wide[fer_va], crop)
+        )
         emo_val_labels = emo.labels[fer_va]
-        cw = class_weights(emo.labels[fer_tr], len(FER_CLASSES), cfg.emotion_balance)
+        majority = np.where(emo.weight[fer_tr] > 0, emo.dist[fer_tr].argmax(1), -1)
+        cw = class_weights(majority, c, cfg.emotion_balance)
+        dist = emo.dist[fer_tr]
+        if cfg.emotion_targets == "fer2013" and cfg.label_smoothing > 0:  # one-hot labels: smoothed
+            dist = dist * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / c
+        # Class balancing of soft targets: each face weighs the class weights averaged under its target.
+        face_w = emo.weight[fer_tr] * (dist * cw[None, :]).sum(1)
         fer_packed = np.concatenate(
             [
                 emo.targets[fer_tr],
                 (emo.has_targets[fer_tr].astype(np.float32) * cfg.fer_coeff_weight)[:, None],
-                emo.labels[fer_tr].astype(np.float32)[:, None],
+                face_w[:, None],
+                dist,
             ],
             1,
-        )
+        ).astype(np.float32)
         packed = np.concatenate([packed, fer_packed])
         wide_train = np.concatenate([wide_train, emo.wide[fer_tr]])
+        base_deg = np.concatenate([base_deg, emo.roll[fer_tr]])
         logger.info("emotion data train=%d val=%d class_weights=%s", fer_tr.size, fer_va.size, np.round(cw, 3).tolist())
-    train_set = FaceRegressionData(wide_train, packed, seed=cfg.seed, augment=cfg.augment, crop_size=crop)
-    val_crops = center_crops(data.wide[va_idx], crop)
+    train_set = FaceRegressionData(
+        wide_train,
+        packed,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        crop_size=crop,
+        base_deg=base_deg if cfg.level_eyes else None,
+    )
+    val_crops = (
+        level_crops(data.wide[va_idx], data.roll[va_idx], crop)
+        if cfg.level_eyes
+        else center_crops(data.wide[va_idx], crop)
+    )
     val_targets = data.targets[va_idx]
     # A warm-started trunk keeps the input centring it was trained with.
     mean_bgr = (
@@ -281,7 +335,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         )
     )
     tag = cfg.weights_tag or f"mp478-lfw-videos-seed{cfg.seed}"
-    contract = contract.model_copy(update={"mean_bgr": mean_bgr, "basis_id": cfg.basis_id, "weights": tag})
+    contract = contract.model_copy(
+        update={
+            "mean_bgr": mean_bgr,
+            "basis_id": cfg.basis_id,
+            "weights": tag,
+            "crop_level_eyes": cfg.level_eyes,
+        }
+    )
     logger.info(
         "train data train=%d (+%d emotion) val=%d val_subjects=%d model=%s crop=%d",
         tr_idx.size,
@@ -308,7 +369,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             raise ModelError(f"cannot resume from {state_path}: {exc}") from exc
-        if state.get("format") != TRAIN_STATE_FORMAT or state.get("config") != json.dumps(_cfg_dict(cfg)):
+        if state.get("format") != TRAIN_STATE_FORMAT or not _same_recipe(state.get("config"), _cfg_dict(cfg)):
             raise ModelError(f"{state_path} was written by another training configuration; use another --out")
         model.load_state_dict(state["model"])
         model.to(device)
@@ -320,9 +381,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         logger.info("resumed path=%s epoch=%d", state_path, start_epoch)
     loss_fn = torch.nn.SmoothL1Loss(beta=1.0)
     elementwise = torch.nn.SmoothL1Loss(beta=1.0, reduction="none")
-    ce = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(cw).to(device), label_smoothing=cfg.label_smoothing)
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)):
+        if max_minutes is not None and epoch > start_epoch and time.perf_counter() - t_start > 60.0 * max_minutes:
+            logger.info("stopping after epoch %d: --max-minutes %.1f reached; --resume continues", epoch, max_minutes)
+            break
         model.train()
         t0 = time.perf_counter()
         losses = []
@@ -335,23 +398,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             if b >= steps_per_epoch:
                 break
             y = y.copy()
-            labels_np = y[:, k + 1].astype(np.int64)
-            # Mirror emotion faces half the time; a mirrored face has no valid coefficient target.
-            flip = (labels_np >= 0) & (np.random.default_rng([cfg.seed, epoch, b, 7]).random(len(y)) < 0.5)
-            if flip.any():
+            emo_w = y[:, k + 1]
+            rng = np.random.default_rng([cfg.seed, epoch, b, 7])
+            # Mirror emotion faces half the time (a mirrored face has no valid coefficient target) and hide the lower
+            # third of some of them, so the emotion is read from the whole face, not the mouth alone.
+            is_emo = emo_w > 0
+            flip = is_emo & (rng.random(len(y)) < 0.5)
+            masked = is_emo & (rng.random(len(y)) < cfg.p_mask_lower)
+            if flip.any() or masked.any():
                 crops = crops.copy()
                 crops[flip] = crops[flip][:, :, ::-1]
                 y[flip, k] = 0.0
+                for i in np.flatnonzero(masked):
+                    crops[i] = mask_lower_face(crops[i : i + 1], contract.mean_bgr, top=rng.uniform(0.56, 0.66))[0]
+                y[masked, k] = 0.0
             x = torch.from_numpy(contract.normalize(crops)).to(device)
             coeffs_t, logits_t = model.forward_all(x)
             w = torch.from_numpy(y[:, k]).to(device)
             per_face = elementwise(coeffs_t, torch.from_numpy(y[:, :k]).to(device)).mean(1)
             loss = (per_face * w).sum() / w.sum().clamp(min=1.0)
-            has_label = labels_np >= 0
-            if logits_t is not None and has_label.any():
-                sel = torch.from_numpy(np.flatnonzero(has_label)).to(device)
-                target = torch.from_numpy(labels_np[has_label]).to(device)
-                loss = loss + cfg.emotion_weight * ce(logits_t[sel], target)
+            if logits_t is not None and is_emo.any():
+                sel = torch.from_numpy(np.flatnonzero(is_emo)).to(device)
+                target = torch.from_numpy(y[is_emo, k + 2 :]).to(device)
+                weight = torch.from_numpy(emo_w[is_emo]).to(device)
+                loss = loss + cfg.emotion_weight * soft_cross_entropy(logits_t[sel], target, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -377,12 +447,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         score = -val_loss
         if emo is not None:
             _, val_logits = predict_crops_all(model, contract, emo_val_crops)
-            if val_logits is not None:
-                m = emotion_metrics(softmax(val_logits), emo_val_labels, len(FER_CLASSES))
+            _, masked_logits = predict_crops_all(model, contract, mask_lower_face(emo_val_crops, contract.mean_bgr))
+            if val_logits is not None and masked_logits is not None:
+                m = emotion_metrics(softmax(val_logits), emo_val_labels, c)
+                m_masked = emotion_metrics(softmax(masked_logits), emo_val_labels, c)
                 rec.update(
                     val_emotion_accuracy=m["accuracy"],
                     val_emotion_balanced_accuracy=m["balanced_accuracy"],
                     val_emotion_min_recall=min(m["recall"]),
+                    val_emotion_accuracy_lower_masked=m_masked["accuracy"],
                 )
                 score = m["accuracy"]
         rec["seconds"] = time.perf_counter() - t0
@@ -393,7 +466,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             from tqdm import tqdm
 
             tqdm.write(f"epoch done {line}")
-        # best.pt: lowest coefficient val loss, or highest FER2013 val accuracy when training emotions.
+        # best.pt: lowest coefficient val loss, or highest emotion val accuracy when training emotions.
         if -score < best:
             best = -score
             save_checkpoint(out / "best.pt", model, contract)
@@ -414,15 +487,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     summary = {
         "config": _cfg_dict(cfg),
         "contract": json.loads(contract.model_dump_json()),
+        "emotion_classes": list(classes) if emo is not None else [],
         "train_faces": int(tr_idx.size),
         "val_faces": int(va_idx.size),
         "val_subjects": int(np.unique(data.subjects[va_idx]).size),
         "history": history,
         "wall_seconds_this_run": time.perf_counter() - t_start,
         "wall_seconds_total": float(sum(h["seconds"] for h in history)),
+        "epochs_done": len(history),
+        "complete": len(history) >= cfg.epochs,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _same_recipe(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a saved state's configuration (JSON) is the current one; the warm-start checkpoint is compared by
+    file name, so a run resumes from another checkout or folder."""
+    try:
+        old = json.loads(saved)
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(old, dict):
+        return False
+
+    def norm(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "init_from": Path(d["init_from"]).name if d.get("init_from") else d.get("init_from")}
+
+    return norm(old) == norm(json.loads(json.dumps(current)))
 
 
 def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -431,5 +523,6 @@ def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
     d.pop("cache_dir", None)
     d.pop("threads", None)
     d.pop("device", None)
+    d.pop("data_dir", None)
     d["caches"] = list(cfg.caches)
     return d

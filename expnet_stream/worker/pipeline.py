@@ -507,10 +507,10 @@ class Pipeline:
             if iou[best] >= self.temporal.settings.tracker.iou_threshold:
                 xyxy[i], score[i], refined[i] = boxes[best], dets.score[best], True
         if refined.any():
-            measured = Detections(xyxy[refined], score[refined], pred.track_id[refined])
+            measured = Detections(xyxy[refined], score[refined], pred.track_id[refined], pred.roll_deg[refined])
             self.temporal.refine(work.stream.stream_id, work.frame_time, measured)
         work.refined = refined
-        return Detections(xyxy, score, pred.track_id)
+        return Detections(xyxy, score, pred.track_id, pred.roll_deg)
 
     def _detect_frames(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections | BaseException]:
         """The detector on several frames in one call; when that fails, frame by frame (a frame that fails again
@@ -556,7 +556,7 @@ class Pipeline:
         if error is None and dets is not None and len(dets) and image is not None:
             try:
                 with self.stages.time("crop"):
-                    work.crops = crop_faces(image, dets.xyxy, self.contract)
+                    work.crops = crop_faces(image, dets.xyxy, self.contract, dets.roll_deg)
             except Exception as exc:
                 error = ("crop_error", exc)
         if error is not None:
@@ -721,8 +721,10 @@ class Pipeline:
                 self.done(released)
             return 0
         state.counters.frames_sampled += 1
-        emitted, smoothed = self._temporal_frame(work, coeffs, probs) if self.temporal is not None else (0, None)
-        faces = self._faces(work, coeffs, smoothed, probs)
+        emitted, smoothed, probs_smoothed = (
+            self._temporal_frame(work, coeffs, probs) if self.temporal is not None else (0, None, None)
+        )
+        faces = self._faces(work, coeffs, smoothed, probs, probs_smoothed)
         if faces:
             state.counters.frames_with_faces += 1
             state.counters.faces += len(faces)
@@ -754,13 +756,14 @@ class Pipeline:
         probs: npt.NDArray[np.float32] | None = None,
         *,
         publish: bool = True,
-    ) -> tuple[int, npt.NDArray[np.float32] | None]:
-        """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients.
+    ) -> tuple[int, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None]:
+        """Track ids into ``work.dets``; emits the aggregates of windows this frame closed; smoothed coefficients and
+        emotion probabilities.
 
         ``publish=False`` (a replayed frame) rebuilds the state only: the previous owner published what it closed.
         """
         if self.temporal is None:  # pragma: no cover - guarded by the caller
-            return 0, None
+            return 0, None, None
         state = work.stream
         sid = state.stream_id
         aggs: list[EmotionAggregate] = []
@@ -777,12 +780,12 @@ class Pipeline:
             None if probs is None else probs[: len(dets)],
             track=not work.tracked,
         )
-        work.dets = Detections(dets.xyxy, dets.score, res.track_ids)
+        work.dets = Detections(dets.xyxy, dets.score, res.track_ids, dets.roll_deg)
         if not work.tracked:
             work.dets = self._maybe_restore_ids(state, work.frame_seq, work.dets)
         aggs += res.aggregates
         if not publish:
-            return 0, None
+            return 0, None, None
         for agg in aggs:
             self.emit(agg, [])
         if self.temporal.settings.tracker.enabled:
@@ -801,7 +804,7 @@ class Pipeline:
                 sent_time=0.0,
             )
         smoothing = self.temporal.settings.smoothing.kind != "none"
-        return len(aggs), (res.smoothed if smoothing else None)
+        return len(aggs), (res.smoothed if smoothing else None), res.emotions_smoothed
 
     def _maybe_restore_ids(self, state: StreamState, frame_seq: int, dets: Detections) -> Detections:
         """At the frame of the previous owner's last track state (met in replay), rename the rebuilt tracks to
@@ -843,7 +846,7 @@ class Pipeline:
 
         def remap(d: Detections) -> Detections:
             ids = np.array([mapping.get(int(i), int(i)) if i >= 0 else -1 for i in d.track_id], np.int64)
-            return Detections(d.xyxy, d.score, ids)
+            return Detections(d.xyxy, d.score, ids, d.roll_deg)
 
         for queued in self._queue:  # frames tracked at detection time, not finished yet
             if queued.stream is state and queued.dets is not None and queued.tracked:
@@ -916,6 +919,7 @@ class Pipeline:
         coeffs: npt.NDArray[np.float32],
         smoothed: npt.NDArray[np.float32] | None = None,
         probs: npt.NDArray[np.float32] | None = None,
+        probs_smoothed: npt.NDArray[np.float32] | None = None,
     ) -> list[Face]:
         dets = work.dets
         if dets is None or len(dets) == 0:
@@ -924,6 +928,7 @@ class Pipeline:
         sq = crop_boxes(dets.xyxy, c.crop_expand, snap_to_pixels=c.crop_snap_to_pixels)
         clipped = (sq[:, 0] < 0) | (sq[:, 1] < 0) | (sq[:, 2] > work.width) | (sq[:, 3] > work.height)
         side = dets.size_wh.min(axis=1)
+        classes = self.emotion_head.classes if self.emotion_head is not None else ()
         faces = []
         for i in range(len(dets)):
             quality = []
@@ -946,7 +951,10 @@ class Pipeline:
                     quality=quality,
                     emotions=None
                     if probs is None or self.emotion_head is None
-                    else {k: round(float(v), 5) for k, v in zip(self.emotion_head.classes, probs[i], strict=True)},
+                    else {k: round(float(v), 5) for k, v in zip(classes, probs[i], strict=True)},
+                    emotions_smoothed=None
+                    if probs_smoothed is None or self.emotion_head is None or dets.track_id[i] < 0
+                    else {k: round(float(v), 5) for k, v in zip(classes, probs_smoothed[i], strict=True)},
                 )
             )
         return faces

@@ -75,8 +75,10 @@ def finish(
     frame_hw: tuple[int, int],
     min_score: float,
     min_face_px: float,
+    roll_deg: npt.ArrayLike | None = None,
 ) -> Detections:
-    """Scale boxes back to the frame, clip them to it, filter by score and size, sort by score.
+    """Scale boxes back to the frame, clip them to it, filter by score and size, sort by score; ``roll_deg`` (one
+    per box, from the detector's landmarks) follows its box.
 
     >>> d = finish([[10, 10, 30, 40], [-5, 0, 4, 4]], [0.9, 0.8], 2.0, 2.0, (50, 50), 0.5, 0)
     >>> d.xyxy.tolist(), [round(float(s), 2) for s in d.score]
@@ -91,7 +93,10 @@ def finish(
     keep = (side > 0) & (side >= min_face_px) & (scores >= min_score)
     boxes, scores = boxes[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
-    return Detections(boxes[order], scores[order])
+    if roll_deg is None:
+        return Detections(boxes[order], scores[order])
+    roll = np.asarray(roll_deg, np.float32).reshape(-1)[keep]
+    return Detections(boxes[order], scores[order], roll_deg=roll[order])
 
 
 def _number(key: str, value: Any, lo: float, hi: float | None = None) -> float:

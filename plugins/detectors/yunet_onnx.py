@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from expnet_stream.engines.onnxruntime_engine import session_options
 from expnet_stream.errors import ConfigError
-from expnet_stream.faces.detections import Detections
+from expnet_stream.faces.detections import Detections, eye_roll_deg
 from expnet_stream.faces.detector import BGRImage
 from expnet_stream.plugin_registry import register
 
@@ -75,6 +75,26 @@ def decode(outputs: dict[str, F32], index: int, width: int, score_threshold: flo
     if not boxes:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
     return np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
+
+
+def decode_landmarks(outputs: dict[str, F32], index: int, width: int, score_threshold: float) -> F32:
+    """The five landmarks ``(M, 5, 2)`` (right eye, left eye, nose tip, right and left mouth corner, in the image's
+    pixels) of the same candidates, in the same order, as :func:`decode`."""
+    points = []
+    for s in STRIDES:
+        cols = width // s
+        cls = np.clip(outputs[f"cls_{s}"][index, :, 0], 0.0, 1.0)
+        obj = np.clip(outputs[f"obj_{s}"][index, :, 0], 0.0, 1.0)
+        keep = np.nonzero(np.sqrt(cls * obj) >= score_threshold)[0]
+        if keep.size == 0:
+            continue
+        kps = outputs[f"kps_{s}"][index, keep].astype(np.float32).reshape(-1, 5, 2)
+        r, c = np.divmod(keep, cols)
+        grid = np.stack([c, r], axis=1).astype(np.float32)[:, None, :]
+        points.append((grid + kps) * s)
+    if not points:
+        return np.zeros((0, 5, 2), np.float32)
+    return np.concatenate(points).astype(np.float32)
 
 
 def nms(xyxy: F32, scores: F32, score_threshold: float, nms_threshold: float, top_k: int) -> npt.NDArray[np.intp]:
@@ -134,9 +154,27 @@ class YuNetDetector(ScaledFaceDetector):
         return self._post(out, 0, padded.shape[1])
 
     def _post(self, out: dict[str, F32], index: int, w: int) -> tuple[F32, F32]:
+        xyxy, score, _ = self._post_landmarks(out, index, w)
+        return xyxy, score
+
+    def _post_landmarks(self, out: dict[str, F32], index: int, w: int) -> tuple[F32, F32, F32]:
         xyxy, score = decode(out, index, w, self.min_score)
+        kps = decode_landmarks(out, index, w, self.min_score)
         keep = nms(xyxy, score, self.min_score, self.nms_threshold, self.top_k)
-        return xyxy[keep], score[keep]
+        return xyxy[keep], score[keep], kps[keep]
+
+    def detect(self, frame_bgr: BGRImage) -> Detections:
+        """Faces of one frame, each with the roll of its eye line (:meth:`detect_batch` of one frame)."""
+        return self.detect_batch([frame_bgr])[0]
+
+    def detect_landmarks(self, image: BGRImage) -> tuple[F32, F32, F32]:
+        """``(xyxy (N, 4), score (N,), landmarks (N, 5, 2))`` of one image at its own size (no ``max_side``
+        downscale, no ``min_face_px``): the faces and their five YuNet landmarks, highest score first. Used where the
+        eyes matter (levelling the eyes of training faces); the worker's per-frame path is :meth:`detect_batch`."""
+        padded = pad32(check_frame(image))
+        out = self._run(padded.transpose(2, 0, 1)[None].astype(np.float32))
+        w = padded.shape[1]
+        return self._post_landmarks(out, 0, w)
 
     def detect_batch(self, frames: Sequence[BGRImage]) -> list[Detections]:
         """Faces of several frames (of any streams and sizes): frames with the same padded size share a call, up to
@@ -159,7 +197,9 @@ class YuNetDetector(ScaledFaceDetector):
             batch = np.stack([prepared[i][1] for i in idx]).transpose(0, 3, 1, 2).astype(np.float32)
             out = self._run(batch)
             for j, i in enumerate(idx):
-                xyxy, score = self._post(out, j, w)
+                xyxy, score, kps = self._post_landmarks(out, j, w)
                 frame_hw, _, sx, sy = prepared[i]
-                results[i] = finish(xyxy, score, sx, sy, frame_hw, self.min_score, self.min_face_px)
+                # the roll of the eye line is the same in the frame (downscaling keeps the aspect ratio)
+                roll = eye_roll_deg(kps)
+                results[i] = finish(xyxy, score, sx, sy, frame_hw, self.min_score, self.min_face_px, roll)
         return [r if r is not None else Detections.empty() for r in results]

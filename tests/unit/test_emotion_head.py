@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from expnet_stream.errors import ModelError
-from expnet_stream.models.emotion import EMOTIONS, FER_CLASSES, EmotionHead
+from expnet_stream.models.emotion import EMOTIONS, EmotionHead
 
 pytestmark = pytest.mark.unit
 
@@ -55,6 +55,6 @@ def test_shipped_head_loads() -> None:
 
     head = EmotionHead.load(default_emotion_head_path())
     p = head.predict_proba(np.zeros((1, head.num_coeffs), np.float32))
-    assert head.classes == FER_CLASSES and head.unsupported == ("contempt",)
-    assert p.shape == (1, 7) and abs(float(p.sum()) - 1.0) < 1e-5
-    assert 0.2 < head.temperature < 20  # calibrated on FER2013 val
+    assert head.classes == EMOTIONS and head.unsupported == ()  # FER+ votes: contempt is a class
+    assert p.shape == (1, 8) and abs(float(p.sum()) - 1.0) < 1e-5
+    assert 0.2 < head.temperature < 20  # calibrated on FER+ val

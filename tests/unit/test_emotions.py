@@ -87,30 +87,6 @@ def test_model_emotions_checks_the_engine_output() -> None:
 # -- the trunk head through export and the engines ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def emotion_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch", reason="exporting needs torch")
-    from expnet_stream.models import light  # noqa: F401
-    from expnet_stream.models.export import export_onnx
-    from expnet_stream.models.registry import create_model
-
-    model, contract = create_model("expnet_lite18.s112", seed=3)
-    model.add_emotion_head(len(FER_CLASSES), seed=3)
-    with __import__("torch").no_grad():
-        model.emotion_fc.weight.mul_(
-            300.0
-        )  # untrained heads are near-uniform; spread them so the check means something
-    contract = contract.model_copy(
-        update={
-            "emotion_output_name": "emotion",
-            "emotion_classes": FER_CLASSES,
-            "emotion_temperature": 1.7,
-            "basis_id": "mp478-blendshape-pca29-v1",
-        }
-    )
-    return export_onnx(model, contract, tmp_path_factory.mktemp("emo") / "emo.onnx")
-
-
 def _crops(contract: object, n: int = 3) -> np.ndarray:
     from expnet_stream.faces.crop import crop_faces
 
@@ -125,7 +101,7 @@ def test_exported_trunk_head_matches_torch_with_temperature(emotion_onnx: Path) 
     from expnet_stream.models.contract import PreprocessContract, contract_path_for
 
     contract = PreprocessContract.from_json(contract_path_for(emotion_onnx))
-    assert contract.schema_version == 2 and contract.emotion_classes == FER_CLASSES
+    assert contract.schema_version == 3 and contract.emotion_classes == FER_CLASSES
     x = contract.normalize(_crops(contract))
     with OrtEngine(emotion_onnx, max_batch=2, intra_op_threads=1) as engine:
         assert engine.has_emotion_output
@@ -257,7 +233,8 @@ def test_fer_cache_frames_faces_through_the_detector(tmp_path: Path) -> None:
     )
     cache = load_fer_cache(out)
     assert len(cache) == 56 and cache.crops.shape == (56, 138, 138, 3)
-    assert cache.detected.mean() > 0.8  # yuface finds the real face in the padded, upscaled 48 px image
+    assert cache.detected.mean() > 0.8  # yunet finds the real face in the padded, upscaled 48 px image
+    assert np.all(np.abs(cache.roll[cache.detected]) < 10)  # an upright face: its eyes are about level
     # the box is the face, not the whole padded frame: about the 48 px image, centred in it
     side = (cache.boxes[:, 2:] - cache.boxes[:, :2]).max(1)
     assert np.all((side > 25) & (side < 70))
@@ -278,11 +255,13 @@ def multitask_config(tmp_path: Path, **overrides: Any) -> Any:
     uses it too)."""
     from expnet_stream.train.fer import build_fer_cache
     from expnet_stream.train.trainer import TrainConfig
+    from tests.unit.test_ferplus import ferplus_npz
     from tests.unit.test_train_small import _fake_cache
 
     cache = tmp_path / "cache"
     _fake_cache(cache / "faces" / "synthetic.npz")
     build_fer_cache(_fer_npz(tmp_path / "fer.npz"), cache / "faces" / "fer2013.npz", label=False, progress=False)
+    ferplus_npz(tmp_path / "fer.npz", tmp_path / "data" / "train" / "fer2013" / "ferplus.npz")
     options: dict[str, Any] = {
         "model": "expnet_lite18.s112",
         "epochs": 1,
@@ -294,6 +273,7 @@ def multitask_config(tmp_path: Path, **overrides: Any) -> Any:
         "val_fraction": 0.3,
         "max_batches_per_epoch": 2,
         "threads": 1,
+        "data_dir": str(tmp_path / "data"),
         **overrides,
     }
     return TrainConfig(**options)
@@ -313,43 +293,22 @@ def test_multitask_training_and_ship_choice(tmp_path: Path) -> None:
     rec = summary["history"][0]
     assert {"val_emotion_accuracy", "val_emotion_min_recall", "val_r2_mean"} <= set(rec)
     model, contract = load_checkpoint(tmp_path / "run" / "final.pt")
-    assert model.num_emotions == 7
-    new_contract, head, info = fit_emotion_outputs(model, contract, cache)
-    assert info["published"] in ("trunk_head", "coefficient_head")
-    assert head.classes == FER_CLASSES and head.temperature > 0
+    assert model.num_emotions == 8  # FER+ votes: contempt is a class
+    new_contract, head, info = fit_emotion_outputs(model, contract, cache, data_dir=tmp_path / "data")
+    assert info["published"] in ("trunk_head", "coefficient_head") and info["labels"] == "FER+ majority (val)"
+    assert head.classes == EMOTIONS and head.temperature > 0
+    assert 0.0 <= info["trunk_head"]["val_accuracy_flip_averaged"] <= 1.0
+    from expnet_stream.train.emotion_fit import TAU_GRID
+
+    adj = info["prior_adjustment"]  # the logit adjustment for rare classes, chosen on val
+    assert adj["tau"] in TAU_GRID and len(adj["val_table"]) == len(TAU_GRID) and adj["chosen_on"] == "val"
     for key in ("coefficient_head", "trunk_head"):
         assert {"val_accuracy", "val_ece_before", "val_ece_after", "temperature", "val_confusion"} <= set(info[key])
     if info["published"] == "trunk_head":
-        assert new_contract.emotion_output_name == "emotion" and new_contract.emotion_classes == FER_CLASSES
+        assert new_contract.emotion_output_name == "emotion" and new_contract.emotion_classes == EMOTIONS
         assert info["trunk_head"]["val_accuracy"] >= info["coefficient_head"]["val_accuracy"]
     else:
         assert new_contract.emotion_output_name is None
-
-
-def test_shipped_model_publishes_its_emotions_in_events_and_aggregates(face_video: tuple[Path, list[bool]]) -> None:
-    """The real default runtime (shipped model, default settings) on a real H.264 clip: every face carries the
-    model's calibrated FER2013-class probabilities (no contempt key) and the window aggregates use the same labels."""
-    from expnet_stream.config.settings import load_settings
-    from expnet_stream.events.aggregate_schema import EmotionAggregate
-    from expnet_stream.events.schema import FrameEvent
-    from expnet_stream.worker.local import run_local
-    from expnet_stream.worker.runtime import build_detector, build_emotion_head, build_engine
-
-    path, has_face = face_video
-    settings = load_settings(None, {"model": {"threads": 1}, "temporal": {"enabled": True}})
-    engine = build_engine(settings)
-    head = build_emotion_head(settings, engine)
-    assert isinstance(head, ModelEmotions)
-    events: list[object] = []
-    run_local([(str(path), "cam")], settings, build_detector(settings), engine, events.append, emotion_head=head)
-    faces = [f for e in events if isinstance(e, FrameEvent) for f in e.faces]
-    assert len(faces) >= sum(has_face) - 2
-    for f in faces:
-        assert f.emotions is not None and tuple(f.emotions) == FER_CLASSES
-        assert abs(sum(f.emotions.values()) - 1.0) < 1e-3
-    aggs = [e for e in events if isinstance(e, EmotionAggregate) and e.emotions]
-    assert aggs and all(set(a.emotions or {}) == set(FER_CLASSES) for a in aggs)
-    assert all(a.dominant_emotion in FER_CLASSES for a in aggs)
 
 
 def test_evaluate_emotions_report_on_fer_shaped_data_and_a_real_clip(
@@ -376,13 +335,15 @@ def test_evaluate_emotions_report_on_fer_shaped_data_and_a_real_clip(
         timeline_plots=1,
         extra_videos=(str(path),),
     )
-    assert rep["published_source"] == "model" and rep["unsupported"] == ["contempt"]
+    assert rep["published_source"] == "model" and rep["unsupported"] == []
     test = rep["fer2013"]["test"]
     assert test["published"]["faces"] == 7 and np.asarray(test["published"]["confusion"]).sum() == 7
+    assert test["published"]["scored_over"] == list(FER_CLASSES)  # FER2013 has no contempt label
     assert set(test["coefficient_head"]["recall"]) <= set(FER_CLASSES)
-    assert "skipped" in rep["jaffe"]
+    assert "skipped" in rep["jaffe"] and "skipped" in rep["ferplus"]  # no votes in this data folder
     clip = rep["videos"]["clips"][path.name]
     assert clip["faces"] > 0 and abs(sum(clip["top_emotion_share"].values()) - 1.0) < 1e-3
+    assert clip["track_seconds"] > 0 and clip["top_flips_per_track_second"] >= 0
     assert set(rep["plots"]) == {"emotion_confusion.png", "emotion_videos.png"}
     assert (tmp_path / "out" / f"timeline_{path.stem}.png").is_file()
 
@@ -404,6 +365,6 @@ def test_torch_engine_returns_the_shipped_emotion_output_on_cpu() -> None:
         assert engine.has_emotion_output
         c, p = engine.infer_all(x)
         np.testing.assert_array_equal(engine.infer(x), c)
-    assert p is not None and ref_p is not None and p.shape == (5, 7)
+    assert p is not None and ref_p is not None and p.shape == (5, 8)
     np.testing.assert_allclose(c, ref_c, atol=2e-2)  # ONNX stores fp16 weights; the checkpoint's are cast from fp16
     np.testing.assert_allclose(p, ref_p, atol=5e-3)

@@ -96,19 +96,24 @@ def test_one_row_per_face_and_a_null_row_per_faceless_frame(run_events: tuple[Pa
             )
             if face is None:
                 assert all(row[c] is None for c in [*FACE_COLUMNS, *COEFF_COLUMNS, "emotion"])
-                assert all(row[f"emotion_{k}"] is None for k in FER_CLASSES)
+                assert all(row[f"emotion_{k}"] is None for k in EMOTIONS)
                 continue
             assert row["face_index"] == i and row["track_id"] == face.track_id
             assert [row[c] for c in ("x1", "y1", "x2", "y2")] == np.float32(face.box).tolist()
             assert row["score"] == np.float32(face.score)
             assert row["predicted"] == ("predicted" in face.quality)
             assert row["quality"] == ",".join(face.quality)
-            assert face.emotions is not None and set(face.emotions) == set(FER_CLASSES)
+            assert face.emotions is not None and set(face.emotions) == set(EMOTIONS)  # the shipped model: all 8
             for k, p in face.emotions.items():
                 assert row[f"emotion_{k}"] == np.float32(p)
             assert row["emotion"] == max(face.emotions, key=face.emotions.__getitem__)
     assert r == table.num_rows
-    assert "contempt" not in "".join(table.column_names), "contempt is unsupported: never a column"
+    contempt = [
+        v
+        for v, f in zip(table.column("emotion_contempt").to_pylist(), rows, strict=True)
+        if f["face_index"] is not None
+    ]
+    assert contempt and all(v is not None for v in contempt), "contempt is published: a filled column"
 
     # the 29 coefficients are the events' float32, bit for bit
     coeffs = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in COEFF_COLUMNS], axis=1)
@@ -122,7 +127,7 @@ def test_column_types_and_the_empty_table(run_events: tuple[Path, Path, list[obj
     schema = table_schema()
     assert schema.field("frame_seq").type == pa.int64() and schema.field("pts_time").type == pa.float64()
     assert schema.field("track_id").type == pa.int32() and schema.field("predicted").type == pa.bool_()
-    for name in ("x1", "y1", "x2", "y2", "score", *COEFF_COLUMNS, *(f"emotion_{k}" for k in FER_CLASSES)):
+    for name in ("x1", "y1", "x2", "y2", "score", *COEFF_COLUMNS, *(f"emotion_{k}" for k in EMOTIONS)):
         assert schema.field(name).type == pa.float32(), name
     assert schema.field("emotion").type == pa.string()
     empty = events_to_arrow([])
@@ -133,7 +138,7 @@ def test_column_types_and_the_empty_table(run_events: tuple[Path, Path, list[obj
     _, _, events = run_events
     df = events_to_pandas(events)
     assert df[list(COEFF_COLUMNS)].to_numpy().dtype == np.float32
-    assert df.face_index.isna().sum() == 5 and df.emotion.dropna().isin(FER_CLASSES).all()
+    assert df.face_index.isna().sum() == 5 and df.emotion.dropna().isin(EMOTIONS).all()
 
 
 def test_parquet_sink_writes_row_groups_and_pandas_reads_them_back(
@@ -174,16 +179,17 @@ def test_emotion_classes_without_a_column_are_an_error_not_dropped(
     ev = next(e for e in _frames(events) if e.faces)
     face = ev.faces[0]
     assert face.emotions is not None
-    probs = {**{k: v * 0.5 for k, v in face.emotions.items()}, "contempt": 0.5}
+    probs = {**{k: v * 0.5 for k, v in face.emotions.items()}, "awe": 0.5}  # a class outside the product's eight
     other = ev.model_copy(update={"faces": [Face(**{**face.model_dump(), "emotions": probs})]})
-    with pytest.raises(TableError, match="contempt"):
+    with pytest.raises(TableError, match="awe"):
         events_to_arrow([other])
     cols = emotion_columns(tuple(probs))
-    assert cols == EMOTIONS
+    assert cols == (*EMOTIONS, "awe")
     table = events_to_arrow([ev, other], emotions=cols)
-    assert table.column("emotion_contempt").to_pylist() == [None, 0.5]
-    assert table.column("emotion").to_pylist()[1] == "contempt"
-    assert emotion_columns(FER_CLASSES) == FER_CLASSES == emotion_columns(()), "the default schema stays stable"
+    assert table.column("emotion_awe").to_pylist() == [None, 0.5]
+    assert table.column("emotion").to_pylist()[1] == "awe"
+    # the default schema stays stable: a seven-class model from before FER+ gets the same eight columns
+    assert emotion_columns(FER_CLASSES) == EMOTIONS == emotion_columns(())
 
 
 def test_missing_pyarrow_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

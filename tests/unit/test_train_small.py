@@ -9,7 +9,7 @@ import pytest
 
 from expnet_stream.train.basis import DEFAULT_BASIS_ID
 from expnet_stream.train.dataset import AugmentConfig, FaceRegressionData, holdout_mask
-from expnet_stream.train.sources import WIDE_CROP
+from expnet_stream.train.sources import CACHE_VERSION, WIDE_CROP
 from tests.conftest import ASTRONAUT_FACE, astronaut_bgr
 
 pytestmark = pytest.mark.unit
@@ -36,7 +36,7 @@ def _fake_cache(path: Path, n: int = 24, seed: int = 0) -> None:
         small_found=np.ones(n, bool),
         small_landmarks=lm.astype(np.float32),
         small_blendshapes=rng.uniform(size=(n, 52)).astype(np.float32),
-        meta_version=np.asarray("faces-v1"),
+        meta_version=np.asarray(CACHE_VERSION),
         meta_small_face_px=np.asarray(32.0),
         meta_counts=np.asarray([n, 0]),
     )
@@ -102,7 +102,7 @@ def test_shipped_model_runs_on_astronaut() -> None:
     from expnet_stream.engines.onnxruntime_engine import OrtEngine
     from expnet_stream.faces.crop import crop_faces
     from expnet_stream.models.contract import PreprocessContract, contract_path_for
-    from expnet_stream.models.emotion import FER_CLASSES, EmotionHead
+    from expnet_stream.models.emotion import EMOTIONS, EmotionHead
     from expnet_stream.models.weights import default_model_path
     from expnet_stream.train.basis import load_basis
 
@@ -112,8 +112,8 @@ def test_shipped_model_runs_on_astronaut() -> None:
     crops = crop_faces(astronaut_bgr(), np.array([ASTRONAUT_FACE], np.float32), contract)
     with OrtEngine(path, max_batch=4, intra_op_threads=1) as engine:
         coeffs, emotions = engine.infer_all(contract.normalize(crops))
-    # the shipped model publishes its own calibrated emotion output (trunk head, FER2013 classes)
-    assert contract.emotion_classes == FER_CLASSES and emotions is not None and emotions.shape == (1, 7)
+    # the shipped model publishes its own calibrated emotion output (trunk head, the eight FER+ classes)
+    assert contract.emotion_classes == EMOTIONS and emotions is not None and emotions.shape == (1, 8)
     assert abs(float(emotions.sum()) - 1.0) < 1e-4
     assert coeffs.shape == (1, 29) and np.isfinite(coeffs).all()
     assert np.abs(coeffs).max() < 20  # std-normalised coefficients
@@ -123,7 +123,7 @@ def test_shipped_model_runs_on_astronaut() -> None:
 
     head = EmotionHead.load(default_emotion_head_path())
     assert head.basis_id == contract.basis_id
-    assert head.predict_proba(coeffs).shape == (1, 7)
+    assert head.predict_proba(coeffs).shape == (1, 8)
 
 
 def test_shipped_checkpoint_loads_with_create_model() -> None:
