@@ -40,8 +40,8 @@ from ..models.emotion import (
 from .dataset import framed_crops
 from .emotion_data import load_emotion_data
 from .emotion_head import fit_emotion_head
+from .predict import predict_crops_all
 from .sources import PAPER_CROP, WIDE_CROP
-from .trainer import predict_crops_all
 
 logger = logging.getLogger(__name__)
 

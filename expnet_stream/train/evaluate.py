@@ -86,7 +86,7 @@ class _Expnet:
 
 
 def _r2(pred: npt.NDArray[np.floating], target: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    from .trainer import r2_per_coeff
+    from .predict import r2_per_coeff
 
     return r2_per_coeff(pred, target)
 

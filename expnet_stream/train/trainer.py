@@ -38,11 +38,12 @@ from ..fileio import atomic_writer
 from .dataset import AugmentConfig, FaceRegressionData, holdout_mask
 from .emotion_data import EmotionData, class_weights, emotion_classes, load_emotion_data
 from .labeller import default_cache_dir
+from .predict import predict_crops, predict_crops_all, r2_per_coeff
 from .sources import PAPER_CROP, WIDE_CROP, FaceCache, load_face_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainData", "load_train_data", "r2_per_coeff", "train", "warm_start"]
+__all__ = ["TrainConfig", "TrainData", "load_train_data", "train", "warm_start"]
 
 TRAIN_STATE_FORMAT = "expnet-stream/train-state-v1"
 
@@ -93,15 +94,6 @@ class TrainData:
     roll: npt.NDArray[np.float32]
 
 
-def r2_per_coeff(pred: npt.ArrayLike, target: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Coefficient of determination per column: ``1 - SSE / SST`` (SST around the target mean)."""
-    p = np.asarray(pred, np.float64)
-    t = np.asarray(target, np.float64)
-    sse = ((p - t) ** 2).sum(0)
-    sst = ((t - t.mean(0)) ** 2).sum(0)
-    return np.asarray(1.0 - sse / np.maximum(sst, 1e-12), np.float64)
-
-
 def _targets(cache: FaceCache, basis_id: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     from .basis import load_basis
 
@@ -149,33 +141,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, fh)
     except OSError as exc:
         raise ModelError(f"cannot write {path}: {exc}") from exc
-
-
-def predict_crops(
-    model: Any, contract: Any, crops: npt.NDArray[np.uint8], batch_size: int = 128
-) -> npt.NDArray[np.float32]:
-    """Run a torch ExpNet on uint8 crops ``(N, crop, crop, 3)`` -> ``(N, K)``."""
-    return predict_crops_all(model, contract, crops, batch_size)[0]
-
-
-def predict_crops_all(
-    model: Any, contract: Any, crops: npt.NDArray[np.uint8], batch_size: int = 128
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
-    """``(coefficients (N, K), emotion logits (N, C) or None)`` of a torch ExpNet on uint8 crops."""
-    import torch
-
-    device = next(model.parameters()).device
-    coeffs, logits = [], []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, crops.shape[0], batch_size):
-            x = torch.from_numpy(contract.normalize(crops[i : i + batch_size])).to(device)
-            c, e = model.forward_all(x) if hasattr(model, "forward_all") else (model(x), None)
-            coeffs.append(c.float().cpu().numpy())
-            if e is not None:
-                logits.append(e.float().cpu().numpy())
-    c_out = np.concatenate(coeffs).astype(np.float32) if coeffs else np.zeros((0, contract.num_coeffs), np.float32)
-    return c_out, (np.concatenate(logits).astype(np.float32) if logits else None)
 
 
 def warm_start(model: Any, cfg: TrainConfig, classes: tuple[str, ...]) -> Any:
