@@ -1,11 +1,10 @@
-"""TorchEngine on a CUDA GPU: fp32/fp16 parity with ONNX Runtime, bucket padding, CUDA graphs, and a timing.
+"""TorchEngine on a CUDA GPU: fp32/fp16 parity with ONNX Runtime, bucket padding and CUDA graphs.
 
-Skipped (with the reason) where torch sees no CUDA GPU. Run with ``pytest -m gpu -s tests/gpu`` to see the timings.
+Skipped (with the reason) where torch sees no CUDA GPU. Timings are measured by ``make gpu-check``, not asserted here.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,28 +58,3 @@ def test_cuda_graphs_equal_eager_and_padding_is_harmless(small_onnx: Path) -> No
         b2 = graphs.infer(x)  # replay again: same numbers
     np.testing.assert_array_equal(b, b2)
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(np.abs(a).max()))
-
-
-def _throughput(engine: TorchEngine, x: np.ndarray, seconds: float = 2.0) -> float:
-    engine.infer(x)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.infer(x)
-        n += x.shape[0]
-    return n / (time.perf_counter() - start)
-
-
-@pytest.mark.parametrize("batch", [1, 32])
-def test_cuda_graphs_timing(small_onnx: Path, batch: int) -> None:
-    """Measures whether CUDA graphs pay off (printed; asserted only to be sane)."""
-    x = _x(batch, seed=4)
-    rates = {}
-    for graphs in (False, True):
-        with TorchEngine(small_onnx, device="cuda", fp16=True, max_batch=32, cuda_graphs=graphs, verify=False) as e:
-            rates[graphs] = _throughput(e, x)
-    print(
-        f"\ntorch-cuda {torch.cuda.get_device_name()} expnet_resnet18.s112 fp16 batch={batch}: "
-        f"eager {rates[False]:.0f} faces/s, cuda graphs {rates[True]:.0f} faces/s "
-        f"(x{rates[True] / rates[False]:.2f})"
-    )
-    assert rates[False] > 0 and rates[True] > 0

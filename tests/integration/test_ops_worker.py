@@ -3,7 +3,6 @@ assignment and shutdown."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 import time
@@ -24,13 +23,7 @@ from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
 from tests.conftest import broker_settings
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        "metrics" not in inspect.signature(Worker.__init__).parameters,
-        reason="Worker is not wired to expnet_stream.ops yet (Worker(..., metrics=, health=): issue 7 integration)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -31,7 +31,7 @@ class RecordingEngine(OrtEngine):
 def _run(onnx: Path, videos: list[tuple[Path, str]], max_batch: int) -> tuple[list[object], set[Source], list[int]]:
     engine = RecordingEngine(onnx, max_batch=max_batch, intra_op_threads=1)
     engine.sizes = []
-    detector = plugin_registry.create("face_detector", "yuface")
+    detector = plugin_registry.create("face_detector", "yunet")
     events: list[object] = []
     done: set[Source] = set()
 

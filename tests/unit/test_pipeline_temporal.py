@@ -31,7 +31,7 @@ def _pipeline(onnx: Path, temporal: StreamTemporal | None) -> tuple[Pipeline, li
     engine = OrtEngine(onnx, max_batch=8, intra_op_threads=1)
     events: list[object] = []
     pipe = Pipeline(
-        plugin_registry.create("face_detector", "yuface"),
+        plugin_registry.create("face_detector", "yunet"),
         engine,
         emit=lambda ev, _s: events.append(ev),
         done=lambda _s: None,
