@@ -85,7 +85,7 @@ class ExpressionFitter:
     def from_project_basis(cls, basis_id: str | None = None, **kwargs: float | int) -> ExpressionFitter:
         """The fitter over the project's shipped expression basis (``models/basis/*.npz``)."""
         try:
-            from ..train.basis import DEFAULT_BASIS_ID, load_basis
+            from ..models.expression_basis import DEFAULT_BASIS_ID, load_basis
         except ImportError as exc:  # pragma: no cover - the loader ships with the package
             raise ModelError(f"the expression basis loader is unavailable: {exc}") from exc
         b = load_basis(basis_id or DEFAULT_BASIS_ID)

@@ -71,7 +71,7 @@ def crops_for_warmup(size: int, n: int) -> Crops:
 
 
 def _mediapipe_method(stats: dict[str, Any], closers: list[Callable[[], None]]) -> Callable[[Crops], int]:
-    from ..train.basis import load_basis
+    from ..models.expression_basis import load_basis
     from ..train.labeller import Labeller
 
     labeller = Labeller()

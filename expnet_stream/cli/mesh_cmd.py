@@ -28,7 +28,7 @@ import numpy.typing as npt
 from ..errors import ConfigError, DetectorError, ModelError
 
 if TYPE_CHECKING:
-    from ..train.basis import ExpressionBasis
+    from ..models.expression_basis import ExpressionBasis
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,16 @@
 """Expression coefficients -> 3D mesh through an expression basis; PLY/OBJ writers and a small software renderer.
 
-The basis is the project's linear expression model (:class:`expnet_stream.train.basis.ExpressionBasis`, numpy only),
-read with :func:`~expnet_stream.train.basis.load_basis` from ``expnet_stream/models/basis/<basis_id>.npz``. Of that
-file this module relies on the loader's ``coeffs_to_mesh`` (keys ``mean`` (V, 3), ``components`` (29, V, 3), ``std``
-(29,): ``mean + (coeffs * std) @ components``) and ``triangles`` (T, 3) int32. Vertices are in the MediaPipe face frame:
+The basis is the project's linear expression model (:class:`~expnet_stream.models.expression_basis.ExpressionBasis`,
+numpy only), read with :func:`~expnet_stream.models.expression_basis.load_basis` from
+``expnet_stream/models/basis/<basis_id>.npz``. Of that file this module relies on the loader's ``coeffs_to_mesh``
+(keys ``mean`` (V, 3), ``components`` (29, V, 3), ``std`` (29,): ``mean + (coeffs * std) @ components``) and
+``triangles`` (T, 3) int32. Vertices are in the MediaPipe face frame:
 x to the subject's left (image right), y down, z away from the camera.
 
 Coefficients of a model are only meaningful in the basis its contract names (``basis_id``); a model whose basis is
 ``none/untrained`` has none, and :func:`basis_for_model` refuses it.
 
->>> from expnet_stream.train.basis import load_basis
+>>> from expnet_stream.models.expression_basis import load_basis
 >>> v, t = mesh_from_coeffs(np.zeros(29, np.float32), load_basis())
 >>> v.shape, v.dtype, t.shape[1], t.dtype
 ((478, 3), dtype('float32'), 3, dtype('int32'))
@@ -29,7 +30,7 @@ import numpy.typing as npt
 from ..errors import ModelError
 
 if TYPE_CHECKING:
-    from ..train.basis import ExpressionBasis
+    from .expression_basis import ExpressionBasis
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def load_expression_basis(basis_id: str) -> ExpressionBasis:
             "the model's basis_id is 'none/untrained': its coefficients refer to no expression basis, so no mesh "
             "can be built; use a trained model, or pass --coeffs with an explicit --basis ID"
         )
-    from ..train.basis import load_basis
+    from .expression_basis import load_basis
 
     return load_basis(basis_id)
 

@@ -42,7 +42,7 @@ from ..fileio import staged_path
 from .decode import to_bgr
 
 if TYPE_CHECKING:
-    from ..train.basis import ExpressionBasis
+    from ..models.expression_basis import ExpressionBasis
 
 log = logging.getLogger(__name__)
 
