@@ -10,17 +10,17 @@ A leaf module (no torch, no model code): the architectures (:mod:`~expnet_stream
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ModelError
 
 if TYPE_CHECKING:
     from .contract import PreprocessContract
-    from .expnet import ExpNet
 
 __all__ = ["ENTRYPOINTS", "ModelEntrypoint", "register_model"]
 
-ModelEntrypoint = Callable[..., "tuple[ExpNet, PreprocessContract]"]
+# Typed generically (the model as Any, a torch module): naming ExpNet here would make a cycle with the architectures.
+ModelEntrypoint = Callable[..., "tuple[Any, PreprocessContract]"]
 _F = TypeVar("_F", bound=ModelEntrypoint)
 
 ENTRYPOINTS: dict[str, ModelEntrypoint] = {}

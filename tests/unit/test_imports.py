@@ -203,6 +203,32 @@ def test_one_way_dependencies(user: str, used: str) -> None:
     assert user not in graph[used], f"{used} imports {user} (in some scope)"
 
 
+# Lower layers never import higher ones, in any scope: the runtime layers (models, video, faces, engines, events,
+# aggregate, worker) never import the training code, and the entrypoint table never names the architectures.
+LOWER = ("models", "video", "faces", "engines", "events", "aggregate", "worker", "kafka", "config")
+
+
+@pytest.mark.parametrize("layer", LOWER)
+def test_runtime_layers_never_import_train(layer: str) -> None:
+    graph = import_graph(local=True)
+    bad = sorted(
+        f"{user} -> {used}"
+        for user, deps in graph.items()
+        if user.startswith(f"expnet_stream.{layer}.") or user == f"expnet_stream.{layer}"
+        for used in deps
+        if used.startswith("expnet_stream.train")
+    )
+    assert not bad, f"{layer} imports the training code: {bad}"
+
+
+def test_entrypoint_table_never_names_the_architectures() -> None:
+    """Not even for typing: the architectures import the entrypoint table to register themselves."""
+    source = (ROOT / "expnet_stream" / "models" / "entrypoints.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    names = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level >= 1}
+    assert not names & {"expnet", "light", "registry", "resnet"}, names
+
+
 @pytest.mark.parametrize("module", ["expnet_stream.worker.worker", "expnet_stream.worker.runtime"])
 def test_worker_path_does_not_import_torch(module: str) -> None:
     code = (
