@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 __all__ = [
     "atomic_write_bytes",
@@ -17,8 +18,15 @@ __all__ = [
     "bytes_sha256",
     "cache_dir",
     "file_sha256",
+    "read_json",
     "staged_path",
+    "write_model_json",
 ]
+
+
+class _JsonModel(Protocol):
+    def model_dump_json(self, *, indent: int | None = None) -> str: ...
+
 
 Buffer = bytes | bytearray | memoryview
 """What :func:`atomic_write_bytes` and :func:`bytes_sha256` take: ``memoryview(obj)`` of any buffer object (e.g.
@@ -84,6 +92,22 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: Buffer, mode: int = 0
 def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> Path:
     """UTF-8 text variant of :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_model_json(path: str | os.PathLike[str], model: _JsonModel, error: type[Exception], what: str) -> Path:
+    """Write a pydantic model as indented JSON, atomically; an OS error becomes ``error("cannot write <what> ...")``."""
+    try:
+        return atomic_write_text(path, model.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        raise error(f"cannot write {what} {path}: {exc}") from exc
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception], what: str) -> Any:
+    """The decoded JSON of a file; a missing, unreadable or malformed file is ``error("cannot read <what> ...")``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
 
 
 def bytes_sha256(data: Buffer) -> str:

@@ -35,7 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import EngineError
-from ..fileio import atomic_write_text, file_sha256
+from ..fileio import file_sha256, read_json, write_model_json
 from ..models.contract import PreprocessContract
 
 logger = logging.getLogger(__name__)
@@ -256,19 +256,14 @@ class Manifest(BaseModel):
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (temp file + rename) and return the path."""
-        try:
-            return atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
-        except OSError as exc:
-            raise EngineError(f"cannot write manifest {path}: {exc}") from exc
+        return write_model_json(path, self, EngineError, "manifest")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Manifest:
         """Read a manifest; raises EngineError naming the file when it is missing or invalid."""
-        path = Path(path)
+        data = read_json(path, EngineError, "manifest")
         try:
-            return cls.model_validate_json(path.read_bytes())
-        except OSError as exc:
-            raise EngineError(f"cannot read manifest {path}: {exc}") from exc
+            return cls.model_validate(data)
         except ValidationError as exc:
             raise EngineError(f"invalid manifest {path}: {exc}") from exc
 

@@ -25,7 +25,6 @@ its own training crops. ``mean_image_path`` lets a converted official model subt
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import ModelError
-from ..fileio import atomic_write_text
+from ..fileio import read_json, write_model_json
 
 logger = logging.getLogger(__name__)
 
@@ -227,20 +226,13 @@ class PreprocessContract(BaseModel):
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the contract as JSON (atomically: temp file + rename); returns the path."""
-        try:
-            return atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
-        except OSError as exc:
-            raise ModelError(f"cannot write contract {path}: {exc}") from exc
+        return write_model_json(path, self, ModelError, "contract")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PreprocessContract:
         """Read a contract written by :meth:`to_json`; raises ModelError when missing or invalid."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read contract {path}: {exc}") from exc
-        contract = cls.from_dict(data, source=str(path))
+        contract = cls.from_dict(read_json(path, ModelError, "contract"), source=str(path))
         contract._base_dir = path.parent
         return contract
 
