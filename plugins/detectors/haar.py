@@ -36,7 +36,7 @@ from expnet_stream.errors import ConfigError, DetectorError
 from expnet_stream.faces.detector import BGRImage
 from expnet_stream.plugin_registry import register
 
-from ._base import DEFAULT_MAX_SIDE, ScaledFaceDetector
+from ._base import ScaledFaceDetector
 
 _CASCADE_DIR = Path(cv2.data.haarcascades)  # type: ignore[attr-defined]
 BUILTIN_CASCADES = ("frontalface_default", "frontalface_alt", "frontalface_alt2", "frontalface_alt_tree")
@@ -70,12 +70,9 @@ class HaarFaceDetector(ScaledFaceDetector):
         cascade: str = "frontalface_default",
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
-        min_score: float | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
-        min_face_px: float = 0.0,
-        **extra: Any,
+        **base: Any,
     ) -> None:
-        super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
+        super().__init__(**base)  # min_score, max_side, min_face_px: declared once, in ScaledFaceDetector
         if not float(scale_factor) > 1.0:
             raise ConfigError(f"haar option scale_factor={scale_factor!r} must be > 1")
         if int(min_neighbors) < 1:

@@ -78,12 +78,10 @@ class MediaPipeFaceDetector(ScaledFaceDetector):
         *,
         model_path: str | None = None,
         nms_threshold: float = 0.3,
-        min_score: float | None = None,
-        max_side: int | None = None,
-        min_face_px: float = 0.0,
-        **extra: Any,
+        **base: Any,
     ) -> None:
-        super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
+        base.setdefault("max_side", None)  # BlazeFace resizes internally: no downscale of its own by default
+        super().__init__(**base)  # min_score, max_side, min_face_px: declared once, in ScaledFaceDetector
         if not 0.0 <= float(nms_threshold) <= 1.0:
             raise ConfigError(f"mediapipe option nms_threshold={nms_threshold!r} must be in [0, 1]")
         try:

@@ -34,7 +34,7 @@ from expnet_stream.errors import DetectorError
 from expnet_stream.faces.detector import BGRImage
 from expnet_stream.plugin_registry import register
 
-from ._base import DEFAULT_MAX_SIDE, ScaledFaceDetector
+from ._base import ScaledFaceDetector
 
 INSTALL_HINT = (
     "pip install 'expnet-stream[yuface]' (CPython 3.11 on x86_64 only; the default detector yunet needs nothing)"
@@ -65,13 +65,9 @@ class YuFaceDetector(ScaledFaceDetector):
 
     def __init__(
         self,
-        *,
-        min_score: float | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
-        min_face_px: float = 0.0,
-        **extra: Any,
+        **base: Any,
     ) -> None:
-        super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
+        super().__init__(**base)  # min_score, max_side, min_face_px: declared once, in ScaledFaceDetector
         self._native: Callable[[BGRImage], npt.NDArray[np.int16]] | None = _load_native()
 
     def _detect_small(self, image: BGRImage, min_face_px: float) -> tuple[npt.ArrayLike, npt.ArrayLike]:

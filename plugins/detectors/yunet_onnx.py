@@ -35,7 +35,7 @@ from expnet_stream.faces.detections import Detections, eye_roll_deg
 from expnet_stream.faces.detector import BGRImage
 from expnet_stream.plugin_registry import register
 
-from ._base import DEFAULT_MAX_SIDE, ScaledFaceDetector, _number, check_frame, downscale, finish
+from ._base import ScaledFaceDetector, _number, check_frame, downscale, finish
 
 WEIGHTS = Path(__file__).with_name("yunet")
 MODELS = {"n": WEIGHTS / "yunet_n_dynamic.onnx", "s": WEIGHTS / "yunet_s_dynamic.onnx"}
@@ -118,18 +118,15 @@ class YuNetDetector(ScaledFaceDetector):
     def __init__(
         self,
         *,
-        min_score: float | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
-        min_face_px: float = 0.0,
         model: str = "n",
         nms_threshold: float = 0.3,
         top_k: int = 100,
         threads: int = 1,
         providers: list[str] | None = None,
         max_batch: int | None = None,
-        **extra: Any,
+        **base: Any,
     ) -> None:
-        super().__init__(min_score=min_score, max_side=max_side, min_face_px=min_face_px, **extra)
+        super().__init__(**base)  # min_score, max_side, min_face_px: declared once, in ScaledFaceDetector
         path = MODELS.get(model, Path(model))
         if not path.is_file():
             raise ConfigError(f"yunet model {model!r}: no such file {path} (use 'n', 's' or a path to a YuNet ONNX)")
