@@ -30,7 +30,7 @@ from ..events.schema import Face, FrameEvent
 from ..faces.detector import FaceDetector
 from ..worker.local import run_local
 from ..worker.pipeline import EmotionClassifier
-from ..worker.runtime import build_detector, build_emotion_head, build_engine
+from ..worker.runtime import build_runtime
 from .common import Progress, median, new_result, ratio
 from .data import default_video, video_info
 
@@ -68,8 +68,8 @@ def build_variants(configs: dict[str, dict[str, Any]], common: dict[str, Any]) -
     built = {}
     for name, over in configs.items():
         settings = load_settings(None, {**over, **common})
-        engine = build_engine(settings)
-        built[name] = (settings, build_detector(settings), engine, build_emotion_head(settings, engine))
+        rt = build_runtime(settings)
+        built[name] = (settings, rt.detector, rt.engine, rt.emotion_head)
     return built
 
 

@@ -110,14 +110,13 @@ def _pipeline_events(args: argparse.Namespace, total: int | None) -> list[FrameE
     from ..events.schema import FrameEvent
     from ..video.annotate import progress_bar
     from ..worker.local import run_local
-    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+    from ..worker.runtime import build_runtime
 
     overrides: dict[str, Any] = {}
     if args.sample_fps:
         overrides["sampling"] = {"fps": args.sample_fps}
     settings = load_settings(args.config, overrides)
-    engine = build_engine(settings)
-    detector = build_detector(settings)
+    rt = build_runtime(settings)
     events: list[FrameEvent] = []
     with progress_bar(f"analysing {Path(args.video).name}", total, enabled=not args.no_progress) as advance:
 
@@ -129,10 +128,10 @@ def _pipeline_events(args: argparse.Namespace, total: int | None) -> list[FrameE
         res = run_local(
             [(str(args.video), Path(args.video).stem)],
             settings,
-            detector,
-            engine,
+            rt.detector,
+            rt.engine,
             on_event,
-            emotion_head=build_emotion_head(settings, engine),
+            emotion_head=rt.emotion_head,
         )
     if res.decode_errors:
         log.warning("video=%s: %d packets failed to decode", args.video, res.decode_errors)

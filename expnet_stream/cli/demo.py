@@ -28,7 +28,7 @@ from ..kafka.topics import ensure_topics
 from ..ops.health import HealthServer
 from ..video.ingest import ingest
 from ..video.sample import sample_video
-from ..worker.runtime import build_detector, build_emotion_head, build_engine
+from ..worker.runtime import build_runtime
 from ..worker.worker import Worker
 
 
@@ -73,14 +73,13 @@ def run_demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list[str], embedded: bool) -> int:
     ensure_topics(settings.kafka, settings.topics)
     with console.status("loading model and detector (first run exports the ONNX model)"):
-        engine = build_engine(settings)
-        detector = build_detector(settings)
+        rt = build_runtime(settings)
+    engine, detector, emotion_out = rt.engine, rt.detector, rt.emotion_head
     if not engine.contract.trained:
         console.print(
             f"[bold red]WARNING: model {engine.model_id} has UNTRAINED (random) weights; the coefficients are "
             "NOT expressions. Every event says so (model_trained=false).[/]"
         )
-    emotion_out = build_emotion_head(settings, engine)
     worker = Worker(settings, detector, engine, emotion_head=emotion_out)
     ops_server = _serve_ops(console, settings, worker)
     streams = [(v, f"{Path(v).stem}-{i}") for v in videos for i in range(args.streams)]

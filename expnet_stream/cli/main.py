@@ -215,12 +215,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _make_worker(settings: Any, metrics: Any, health: Any) -> Any:
-    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+    from ..worker.runtime import build_runtime
     from ..worker.worker import Worker
 
-    engine = build_engine(settings)
-    head = build_emotion_head(settings, engine)
-    return Worker(settings, build_detector(settings), engine, metrics=metrics, health=health, emotion_head=head)
+    rt = build_runtime(settings)
+    return Worker(settings, rt.detector, rt.engine, metrics=metrics, health=health, emotion_head=rt.emotion_head)
 
 
 def _run_worker(args: argparse.Namespace, settings: Any, worker: Any) -> int:
@@ -317,15 +316,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..events.codec import encode, to_jsonable
     from ..events.schema import FrameEvent, StreamSummary
     from ..worker.local import run_local
-    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+    from ..worker.runtime import build_runtime
 
     overrides: dict[str, Any] = {}
     if args.sample_fps:
         overrides["sampling"] = {"fps": args.sample_fps}
     settings = load_settings(args.config, overrides)
-    engine = build_engine(settings)
-    detector = build_detector(settings)
-    emotion_head = build_emotion_head(settings, engine)
+    rt = build_runtime(settings)
+    engine, detector, emotion_head = rt.engine, rt.detector, rt.emotion_head
     sink = None
     if args.out is not None and str(args.out).endswith(".parquet"):
         from ..table import ParquetSink, emotion_columns

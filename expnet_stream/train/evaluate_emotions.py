@@ -244,16 +244,15 @@ def _videos(
     from ..events.aggregate_schema import STREAM_TRACK, EmotionAggregate
     from ..events.schema import FrameEvent, StreamSummary
     from ..worker.local import run_local
-    from ..worker.runtime import build_detector, build_emotion_head, build_engine
+    from ..worker.runtime import build_runtime
 
     # the model's own output when it has one, else the coefficient head beside the model file (as PublishedEmotions)
     model: dict[str, Any] = {"onnx": net_path, "threads": threads}
     if head_file is not None and PreprocessContract.from_json(contract_path_for(net_path)).emotion_output_name is None:
         model["emotion_head"] = head_file
     settings = load_settings(None, {"model": model, "sampling": {"fps": fps}, "temporal": {"enabled": True}})
-    engine = build_engine(settings)
-    detector = build_detector(settings)
-    head = build_emotion_head(settings, engine)
+    rt = build_runtime(settings)
+    engine, detector, head = rt.engine, rt.detector, rt.emotion_head
     classes = tuple(head.classes) if head is not None else ()
     per_clip: dict[str, Any] = {}
     total_frames = np.zeros(len(classes), np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,40 @@ def build_emotion_head(settings: WorkerSettings, engine: Engine) -> EmotionClass
         )
         return None
     return head
+
+
+@dataclass
+class Runtime:
+    """What a worker, ``run``, ``annotate``, the demo, the benches and the evaluation run a video with: the engine,
+    the detector and the emotion output the settings name (:func:`build_runtime`). ``close()`` (or ``with``) frees
+    the engine and the detector."""
+
+    settings: WorkerSettings
+    engine: Engine
+    detector: FaceDetector
+    emotion_head: EmotionClassifier | None
+
+    def close(self) -> None:
+        self.detector.close()
+        self.engine.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_runtime(settings: WorkerSettings) -> Runtime:
+    """The one place a runtime is built from settings: engine, detector, emotion output (in that order: the
+    emotion output depends on what the engine reads)."""
+    engine = build_engine(settings)
+    try:
+        detector = build_detector(settings)
+    except BaseException:
+        engine.close()
+        raise
+    return Runtime(settings, engine, detector, build_emotion_head(settings, engine))
 
 
 def make_temporal(
