@@ -34,7 +34,8 @@ def _unpack(data: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise SchemaError(f"expected a msgpack map, got {type(obj).__name__}", "not_a_map")
     version = obj.get("v")
-    if version not in SUPPORTED_VERSIONS:
+    # a hostile "v" may be unhashable (a list, a map): checked by type first, never by set membership alone
+    if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
         raise SchemaError(
             f"unknown schema version {version!r}; this reader supports {sorted(SUPPORTED_VERSIONS)}", "unknown_version"
         )
@@ -45,7 +46,7 @@ def decode(data: bytes) -> AnyEvent:
     """Decode and validate any event, dispatching on its ``type`` field."""
     obj = _unpack(data)
     kind = obj.get("type")
-    model = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    model = EVENT_TYPES.get(kind) if isinstance(kind, str) else None  # str only: a list or map key is refused
     if model is None:
         raise SchemaError(f"unknown message type {kind!r}; known: {sorted(EVENT_TYPES)}", "unknown_type")
     try:

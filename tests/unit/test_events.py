@@ -125,6 +125,10 @@ def test_coefficients_are_packed_little_endian_float32() -> None:
         (msgpack.packb([1, 2]), "expected a msgpack map"),
         (msgpack.packb({"v": 3, "type": "packet"}), "unknown schema version 3"),
         (msgpack.packb({"type": "packet"}), "unknown schema version None"),
+        (msgpack.packb({"v": [1], "type": "packet"}), r"unknown schema version \[1\]"),  # unhashable: no TypeError
+        (msgpack.packb({"v": {"a": 1}, "type": "packet"}), "unknown schema version"),
+        (msgpack.packb({"v": True, "type": "packet"}), "unknown schema version True"),
+        (msgpack.packb({"v": 1, "type": ["packet"]}), "unknown message type"),
         (msgpack.packb({"v": 1, "type": "nope"}), "unknown message type"),
         (msgpack.packb({"v": 1, "type": "packet", "stream_id": "a"}), "invalid packet message"),
         (msgpack.packb({"v": 1, "type": "frame", "extra": 1}), "invalid frame message"),
