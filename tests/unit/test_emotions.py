@@ -153,7 +153,10 @@ def test_older_model_without_second_head_uses_the_coefficient_head(tmp_path: Pat
     data = json.loads(contract_path_for(small_onnx).read_text())
     for key in ("emotion_output_name", "emotion_classes", "emotion_temperature"):
         data.pop(key, None)
-    data.update(schema_version=1, basis_id="mp478-blendshape-pca29-v1", weights="old-v1")
+    from expnet_stream.models.weights import default_emotion_head_path
+
+    shipped_basis = EmotionHead.load(default_emotion_head_path()).basis_id  # the fallback head needs its basis
+    data.update(schema_version=1, basis_id=shipped_basis, weights="old-v1")
     contract_path_for(old).write_text(json.dumps(data))
     with OrtEngine(old, intra_op_threads=1) as engine:
         assert not engine.has_emotion_output
@@ -176,7 +179,8 @@ def test_runtime_prefers_the_model_output(emotion_onnx: Path) -> None:
     forced = build_emotion_head(
         load_settings(None, {"model": {"onnx": str(emotion_onnx), "emotion_head": "coefficients"}}), engine
     )
-    assert isinstance(forced, EmotionHead)
+    # the shipped coefficient head reads coefficients of its own basis only; this model outputs another: no emotions
+    assert engine.contract.basis_id != "mp478-procrustes-pca29-v1" and forced is None
 
 
 def test_fake_trt_engine_returns_the_emotion_output(

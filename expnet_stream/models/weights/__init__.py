@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_ID = "expnet_lite18.s112@lfw-videos-fer2013-v1"
+DEFAULT_MODEL_ID = "expnet_lite18.s112@lfw-videos-ferplus-v2"
 
 
 def _existing(path: Path, what: str) -> Path:
