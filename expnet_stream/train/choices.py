@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ExpNetError
 from ..models.emotion import EMOTIONS
 
 logger = logging.getLogger(__name__)
@@ -97,21 +95,25 @@ def probe_choices(
     import torch
 
     from ..models.registry import load_checkpoint
-    from .dataset import center_crops, level_crops
-    from .emotion_data import class_weights
-    from .fer import load_fer_cache
-    from .ferplus import fer_to_emotion_index, load_ferplus, majority_labels, usable_for_emotions, vote_distribution
+    from .basis import DEFAULT_BASIS_ID
+    from .dataset import framed_crops
+    from .emotion_data import class_weights, load_emotion_data
+    from .sources import PAPER_CROP, WIDE_CROP
 
     model, contract = load_checkpoint(checkpoint)
-    cache = load_fer_cache(Path(cache_dir) / "faces" / "fer2013.npz")
-    fp = load_ferplus(Path(data_dir) / "train" / "fer2013" / "ferplus.npz", len(cache))
-    votes = fp["votes"]
-    matched = fp["row"] >= 0
-    usable = matched & usable_for_emotions(votes)
-    tr, va = cache.split == "train", cache.split == "val"
-    y_va = majority_labels(votes)
-    va_idx = np.flatnonzero(va & (y_va >= 0))
     crop = contract.crop_size
+    # one read: unmatched faces carry their FER2013 label (weight 1); the "drop" variant masks them out
+    emo = load_emotion_data(
+        cache_dir,
+        "fer2013",
+        DEFAULT_BASIS_ID,  # the probes read emotions only: any shipped basis encodes the unused coefficient targets
+        round(crop * WIDE_CROP / PAPER_CROP),
+        data_dir=data_dir,
+        keep_unmatched=True,
+    )
+    tr, va = emo.split == "train", emo.split == "val"
+    va_idx = np.flatnonzero(va & (emo.labels >= 0))
+    usable = emo.has_votes & (emo.weight > 0)
     model.eval()
 
     def feats(crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -121,45 +123,29 @@ def probe_choices(
                 out.append(model.trunk(torch.from_numpy(contract.normalize(crops[i : i + 256]))).numpy())
         return np.concatenate(out).astype(np.float32)
 
-    if cache.crops.shape[1] < crop:
-        raise ExpNetError(f"cached crops ({cache.crops.shape[1]} px) are smaller than the model's crop ({crop} px)")
-    wide = cache.crops
-    if wide.shape[1] != round(crop * 138 / 114):
-        import cv2
-
-        side = round(crop * 138 / 114)
-        wide = np.stack([cv2.resize(w, (side, side), interpolation=cv2.INTER_AREA) for w in wide])
     idx = np.flatnonzero(tr | va)
-    plain = np.zeros((len(cache), model.fc.in_features), np.float32)
+    plain = np.zeros((len(emo.split), model.fc.in_features), np.float32)
     level = np.zeros_like(plain)
     logger.info("probe features faces=%d (x2 framings)", idx.size)
-    plain[idx] = feats(center_crops(wide[idx], crop))
-    level[idx] = feats(level_crops(wide[idx], cache.roll[idx], crop))
-
-    dist = vote_distribution(votes)
-    maj = majority_labels(votes)
-    cw = class_weights(maj[tr & usable], len(EMOTIONS), class_power)
-    onehot = np.eye(len(EMOTIONS), dtype=np.float32)[fer_to_emotion_index(cache.label_index())]
+    plain[idx] = feats(framed_crops(emo.wide[idx], emo.roll[idx], crop, level_eyes=False))
+    level[idx] = feats(framed_crops(emo.wide[idx], emo.roll[idx], crop, level_eyes=True))
+    cw = class_weights(emo.labels[tr & usable], len(EMOTIONS), class_power)
 
     def probe(x: npt.NDArray[np.float32], keep_unmatched: bool) -> float:
-        sel = tr & usable
-        target = dist
-        if keep_unmatched:
-            sel = sel | (tr & ~matched)
-            target = np.where(matched[:, None], dist, onehot)
-        rows = np.flatnonzero(sel)
-        w = (target[rows] * cw[None, :]).sum(1)
-        wt, b = fit_soft_linear(x[rows], target[rows], w)
-        return _accuracy(wt, b, x[va_idx], y_va[va_idx])
+        rows = np.flatnonzero(tr & ((emo.weight > 0) if keep_unmatched else usable))
+        w = (emo.dist[rows] * cw[None, :]).sum(1)
+        wt, b = fit_soft_linear(x[rows], emo.dist[rows], w)
+        return _accuracy(wt, b, x[va_idx], emo.labels[va_idx])
 
+    roll = emo.roll[idx]
     table: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "val_faces": int(va_idx.size),
         "train_faces_with_votes": int((tr & usable).sum()),
-        "train_faces_unmatched": int((tr & ~matched).sum()),
-        "detected_with_eyes": float(np.mean(cache.roll[idx] != 0)),
-        "abs_roll_deg_median": float(np.median(np.abs(cache.roll[idx]))),
-        "abs_roll_deg_p90": float(np.percentile(np.abs(cache.roll[idx]), 90)),
+        "train_faces_unmatched": int((tr & ~emo.has_votes).sum()),
+        "detected_with_eyes": float(np.mean(roll != 0)),
+        "abs_roll_deg_median": float(np.median(np.abs(roll))),
+        "abs_roll_deg_p90": float(np.percentile(np.abs(roll), 90)),
         "val_accuracy": {
             "plain/drop_unmatched": probe(plain, False),
             "plain/keep_unmatched": probe(plain, True),

@@ -42,7 +42,7 @@ def emotion_classes(targets: str) -> tuple[str, ...]:
 class EmotionData:
     """FER2013 faces (N): wide crops, split, eye roll, soft emotion targets ``(N, C)`` over ``classes`` with their loss
     weight (0: out of the emotion loss), the evaluation label (index into ``classes``, -1: none), coefficient targets
-    and their mask."""
+    and their mask. ``has_votes``: the face has FER+ votes (all True for FER2013 targets)."""
 
     wide: npt.NDArray[np.uint8]
     split: npt.NDArray[np.str_]
@@ -53,6 +53,7 @@ class EmotionData:
     labels: npt.NDArray[np.int64]
     targets: npt.NDArray[np.float32]
     has_targets: npt.NDArray[np.bool_]
+    has_votes: npt.NDArray[np.bool_]
 
 
 def class_weights(labels: npt.NDArray[np.int64], num_classes: int, power: float) -> npt.NDArray[np.float32]:
@@ -99,6 +100,7 @@ def load_emotion_data(
         dist = np.eye(len(classes), dtype=np.float32)[fer_idx]
         weight = np.ones(len(cache), np.float32)
         labels = fer_idx
+        matched = np.ones(len(cache), bool)
     else:
         from .evaluate import default_data_dir
         from .ferplus import fer_to_emotion_index, load_ferplus, majority_labels, usable_for_emotions, vote_distribution
@@ -122,4 +124,4 @@ def load_emotion_data(
         int((weight > 0).sum()),
         int(ok.sum()),
     )
-    return EmotionData(wide, cache.split, cache.roll, classes, dist, weight, labels, coeffs, ok)
+    return EmotionData(wide, cache.split, cache.roll, classes, dist, weight, labels, coeffs, ok, matched)

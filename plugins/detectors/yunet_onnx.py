@@ -53,9 +53,10 @@ def pad32(image: BGRImage) -> BGRImage:
     return np.asarray(cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8)
 
 
-def decode(outputs: dict[str, F32], index: int, width: int, score_threshold: float) -> tuple[F32, F32]:
-    """Boxes ``xyxy`` and scores of image ``index`` of a batch, before NMS, for a padded input ``width`` wide."""
-    boxes, scores = [], []
+def decode(outputs: dict[str, F32], index: int, width: int, score_threshold: float) -> tuple[F32, F32, F32]:
+    """Boxes ``xyxy``, scores and the five landmarks ``(M, 5, 2)`` (right eye, left eye, nose tip, right and left mouth
+    corner, in the image's pixels) of image ``index`` of a batch, before NMS, for a padded input ``width`` wide."""
+    boxes, scores, points = [], [], []
     for s in STRIDES:
         cols = width // s
         cls = np.clip(outputs[f"cls_{s}"][index, :, 0], 0.0, 1.0)
@@ -72,29 +73,15 @@ def decode(outputs: dict[str, F32], index: int, width: int, score_threshold: flo
         h = np.exp(np.clip(bbox[:, 3], -10, 10)) * s
         boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
         scores.append(score[keep])
-    if not boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
-
-
-def decode_landmarks(outputs: dict[str, F32], index: int, width: int, score_threshold: float) -> F32:
-    """The five landmarks ``(M, 5, 2)`` (right eye, left eye, nose tip, right and left mouth corner, in the image's
-    pixels) of the same candidates, in the same order, as :func:`decode`."""
-    points = []
-    for s in STRIDES:
-        cols = width // s
-        cls = np.clip(outputs[f"cls_{s}"][index, :, 0], 0.0, 1.0)
-        obj = np.clip(outputs[f"obj_{s}"][index, :, 0], 0.0, 1.0)
-        keep = np.nonzero(np.sqrt(cls * obj) >= score_threshold)[0]
-        if keep.size == 0:
-            continue
         kps = outputs[f"kps_{s}"][index, keep].astype(np.float32).reshape(-1, 5, 2)
-        r, c = np.divmod(keep, cols)
-        grid = np.stack([c, r], axis=1).astype(np.float32)[:, None, :]
-        points.append((grid + kps) * s)
-    if not points:
-        return np.zeros((0, 5, 2), np.float32)
-    return np.concatenate(points).astype(np.float32)
+        points.append((np.stack([c, r], axis=1).astype(np.float32)[:, None, :] + kps) * s)
+    if not boxes:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+    return (
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(scores).astype(np.float32),
+        np.concatenate(points).astype(np.float32),
+    )
 
 
 def nms(xyxy: F32, scores: F32, score_threshold: float, nms_threshold: float, top_k: int) -> npt.NDArray[np.intp]:
@@ -148,15 +135,11 @@ class YuNetDetector(ScaledFaceDetector):
     def _detect_small(self, image: BGRImage, min_face_px: float) -> tuple[npt.ArrayLike, npt.ArrayLike]:
         padded = pad32(image)
         out = self._run(padded.transpose(2, 0, 1)[None].astype(np.float32))
-        return self._post(out, 0, padded.shape[1])
-
-    def _post(self, out: dict[str, F32], index: int, w: int) -> tuple[F32, F32]:
-        xyxy, score, _ = self._post_landmarks(out, index, w)
+        xyxy, score, _ = self._post_landmarks(out, 0, padded.shape[1])
         return xyxy, score
 
     def _post_landmarks(self, out: dict[str, F32], index: int, w: int) -> tuple[F32, F32, F32]:
-        xyxy, score = decode(out, index, w, self.min_score)
-        kps = decode_landmarks(out, index, w, self.min_score)
+        xyxy, score, kps = decode(out, index, w, self.min_score)
         keep = nms(xyxy, score, self.min_score, self.nms_threshold, self.top_k)
         return xyxy[keep], score[keep], kps[keep]
 
