@@ -1,0 +1,149 @@
+"""Stage 1b: input messages into the queue. ``stream_start`` opens (or restarts) a stream, a packet is decoded and its
+frames sampled and queued, ``stream_end`` flushes the decoder and queues the stream's end. Replayed packets (below a
+takeover's committed position) rebuild decoder and temporal state; their frames are not emitted again."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..errors import DecodeError
+from ..events.schema import IDLE, StreamEnd, StreamStart, VideoPacket
+from ..ops.metrics import PipelineObserver
+from ..video.decode import DecodedFrame
+from .finisher import Finisher
+from .schedule import DetectionSchedule, Sampler
+from .stages import StageTimes
+from .streams import Source, StreamState, StreamTable
+from .tracks import TrackStage
+from .work import FrameWork, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    def __init__(
+        self,
+        table: StreamTable,
+        queue: WorkQueue,
+        finisher: Finisher,
+        *,
+        sampler: Sampler,
+        schedule: DetectionSchedule | None = None,
+        tracks: TrackStage | None = None,
+        stages: StageTimes,
+        observer: PipelineObserver | None = None,
+    ) -> None:
+        self.table = table
+        self.queue = queue
+        self.finisher = finisher
+        self.sampler = sampler
+        self.schedule = schedule
+        self.tracks = tracks
+        self.stages = stages
+        self.observer = observer
+
+    def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, replay: bool = False) -> None:
+        if isinstance(msg, StreamStart):
+            self._start(msg, source, replay)
+        elif isinstance(msg, VideoPacket):
+            self._packet(msg, source, replay)
+        else:
+            self._end(msg, source, replay)
+
+    def _start(self, msg: StreamStart, source: Source, replay: bool) -> None:
+        old = self.table.get(msg.stream_id)
+        held: list[Source] = []
+        if old is not None:
+            log.info("stream=%s restarted; closing the previous decoder", msg.stream_id)
+            self._enqueue(old, old.decoder.flush(), msg.sent_time, source, replay)
+            held = old.release_all()  # packets that gave no frame: finished with this start
+        self.table.open(msg.stream_id, source.partition, replace=old is not None)
+        self.table.carried.pop(msg.stream_id, None)
+        for src in held:
+            self.finisher.after_control(src)
+        self.finisher.after_control(source)
+
+    def _state(self, stream_id: str, partition: int, seq: int | None = None) -> StreamState:
+        """The stream's state; a stream met mid-way (no stream_start: a takeover) is marked resumed."""
+        state, new = self.table.resume(stream_id, partition)
+        if new and self.tracks is not None and seq != 0:
+            self.tracks.resumed(stream_id)
+        return state
+
+    def _packet(self, pkt: VideoPacket, source: Source, replay: bool) -> None:
+        state = self._state(pkt.stream_id, source.partition, pkt.seq)
+        state.counters.packets += 1
+        state.last_seen = time.monotonic()
+        self.table.saw_capture(state, source.partition, pkt.capture_time)
+        state.last_seq = max(state.last_seq, pkt.seq)
+        fresh = state.decoder.waiting_for_keyframe
+        try:
+            with self.stages.time("decode"):
+                frames = state.decoder.decode(pkt)
+        except DecodeError as exc:
+            if exc.reason == "before_keyframe":
+                state.counters.packets_skipped += 1
+                if self.observer is not None:
+                    self.observer.frame_dropped(source.partition, "before_keyframe")
+            raise
+        if fresh:
+            # a decoder (re)starting at a keyframe: presentation index = the keyframe's packet seq
+            # (one frame per packet, closed GOPs: what the ingester publishes)
+            state.frame_seq = pkt.seq
+        if replay and pkt.pts is not None:
+            state.replay_pts.add(pkt.pts)
+        state.hold(pkt.pts, source)
+        self._enqueue(state, frames, pkt.capture_time, source, replay)
+
+    def _end(self, end: StreamEnd, source: Source, replay: bool) -> None:
+        if end.reason == IDLE:  # written by a worker that found the stream silent
+            live = self.table.get(end.stream_id)
+            if live is None or live.last_seq >= end.packets:  # gone already, or revived since: ignore
+                if live is not None:
+                    live.idle_marker_sent = False
+                self.finisher.after_control(source)
+                return
+            log.info("stream=%s idle after packet seq=%d: closing it", end.stream_id, end.packets - 1)
+        state = self._state(end.stream_id, source.partition)
+        with self.stages.time("decode"):
+            frames = state.decoder.flush()
+        self._enqueue(state, frames, end.sent_time, source, replay)
+        self.queue.append(FrameWork(stream=state, end=end, source=source, replay=replay))
+
+    def _enqueue(
+        self, state: StreamState, frames: list[DecodedFrame], capture_time: float, source: Source, replay: bool
+    ) -> None:
+        rebuild = self.tracks is not None and self.tracks.rebuild
+        for frame in frames:
+            state.counters.frames_decoded += 1
+            state.keyframe_pending |= frame.keyframe
+            seq = state.frame_seq
+            state.frame_seq += 1
+            sampled = self.sampler.sample(state, frame)
+            replayed = frame.pts is not None and frame.pts in state.replay_pts
+            h, w = frame.image.shape[:2]
+            work = FrameWork(
+                stream=state,
+                pts=frame.pts,
+                time_base=frame.time_base,
+                width=w,
+                height=h,
+                sampled=sampled,
+                capture_time=capture_time,
+                source=source,
+                frame_seq=seq,
+                replay=replayed,
+            )
+            if self.observer is not None:
+                obs = self.observer
+                obs.frame_decoded(source.partition)
+                if replayed:
+                    obs.frame_replayed(source.partition)
+                elif not sampled:
+                    obs.frame_skipped(source.partition)
+            if sampled and (not replayed or rebuild):
+                self.queue.defer(work, frame.image, float(frame.pts_time))
+                if self.schedule is not None:
+                    self.schedule.note(state, frame.image, work)
+            self.queue.append(work)

@@ -1,0 +1,148 @@
+"""Stage 1 of the pipeline: the stream table. Every open stream's decoder, counters and the input sources its frames
+still hold; capacity (``max_streams``); the previous owner's track states for streams a takeover replays."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DecodeError
+from ..events.schema import TrackState
+from ..video.decode import StreamDecoder
+
+
+class Source(NamedTuple):
+    """Where an input message came from."""
+
+    partition: int
+    offset: int
+
+
+NO_SOURCE = Source(-1, -1)
+
+
+@dataclass
+class StreamCounters:
+    packets: int = 0
+    packets_skipped: int = 0
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    frames_replayed: int = 0
+    frames_with_faces: int = 0
+    faces: int = 0
+
+
+@dataclass
+class StreamState:
+    stream_id: str
+    partition: int
+    decoder: StreamDecoder
+    counters: StreamCounters = field(default_factory=StreamCounters)
+    last_slot: int | None = None
+    frame_seq: int = 0
+    # (pts, source) of decoded packets whose frame has not been emitted yet, in decode order
+    outstanding: list[tuple[float, Source]] = field(default_factory=list)
+    # pts of replayed packets: their frames were emitted by a previous owner
+    replay_pts: set[int] = field(default_factory=set)
+    # idle detection (the worker closes a stream that falls silent)
+    last_seen: float = field(default_factory=time.monotonic)  # monotonic time of its last input message
+    last_capture: float = 0.0  # capture_time of its last packet
+    last_seq: int = -1  # highest packet seq seen
+    idle_marker_sent: bool = False
+    # track ids across takeovers: the previous owner's last track state (restored during replay), and ours
+    carry: TrackState | None = None
+    checkpoint: TrackState | None = None
+    thumb: npt.NDArray[np.uint8] | None = None  # previous sampled frame, 64x36 grey (scene cuts)
+    keyframe_pending: bool = False  # a keyframe was decoded since the last sampled frame
+    checkpoint_sent_at: float = 0.0
+
+    def hold(self, pts: int | None, source: Source) -> None:
+        """A decoded packet whose frame is not emitted yet (None pts sorts first: released by the next frame)."""
+        self.outstanding.append((-math.inf if pts is None else float(pts), source))
+
+    def release(self, pts: int | None) -> list[Source]:
+        """Sources of packets whose frames are now all out (decoders emit frames in pts order)."""
+        if pts is None:
+            return []
+        keep: list[tuple[float, Source]] = []
+        out: list[tuple[float, Source]] = []
+        for item in self.outstanding:
+            (out if item[0] <= pts else keep).append(item)
+        self.outstanding = keep
+        return [s for _, s in out]
+
+    def release_all(self) -> list[Source]:
+        """Every source still held (the stream ends or restarts)."""
+        out = [s for _, s in self.outstanding]
+        self.outstanding.clear()
+        return out
+
+
+class StreamTable:
+    """The open streams by id, at most ``max_streams``; a stream met mid-way (a takeover) gets its carried track
+    state."""
+
+    def __init__(self, *, decoder_threads: int = 1, max_streams: int | None = None) -> None:
+        self.decoder_threads = decoder_threads
+        self.max_streams = max_streams
+        self.streams: dict[str, StreamState] = {}
+        #: last track states of streams a takeover replays (from the rewind scan), by stream id
+        self.carried: dict[str, TrackState] = {}
+        #: newest packet capture_time per input partition ("stream time" for idle detection)
+        self.partition_time: dict[int, float] = {}
+
+    def get(self, stream_id: str) -> StreamState | None:
+        return self.streams.get(stream_id)
+
+    def open(self, stream_id: str, partition: int, *, replace: bool = False) -> StreamState:
+        """A new state for the stream (``replace``: it restarts, taking its old slot)."""
+        if not replace:
+            self.check_capacity(stream_id)
+        state = self.streams[stream_id] = StreamState(
+            stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads)
+        )
+        return state
+
+    def resume(self, stream_id: str, partition: int) -> tuple[StreamState, bool]:
+        """The stream's state, and whether it was opened here without a ``stream_start`` (met mid-way)."""
+        state = self.streams.get(stream_id)
+        if state is not None:
+            return state, False
+        state = self.open(stream_id, partition)
+        state.carry = self.carried.pop(stream_id, None)
+        return state, True
+
+    def check_capacity(self, stream_id: str) -> None:
+        if self.max_streams is not None and len(self.streams) >= self.max_streams:
+            raise DecodeError(
+                f"stream {stream_id}: {len(self.streams)} streams are open (max_streams); it waits until one ends or "
+                "idles out",
+                "too_many_streams",
+            )
+
+    def close(self, state: StreamState) -> None:
+        """Forget the stream if this state is still its current one (a restart may have replaced it)."""
+        if self.streams.get(state.stream_id) is state:
+            del self.streams[state.stream_id]
+
+    def saw_capture(self, state: StreamState, partition: int, capture_time: float) -> None:
+        """Advance the stream's and its partition's stream time. ``capture_time`` is the producer's clock: one from
+        the future (a skewed or hostile producer) must not make every other stream of the partition look silent, so
+        it counts as at most a minute ahead of ours."""
+        capture = min(capture_time, time.time() + 60.0)
+        state.last_capture = max(state.last_capture, capture)
+        self.partition_time[partition] = max(self.partition_time.get(partition, 0.0), capture)
+
+    def drop_partitions(self, partitions: set[int]) -> list[str]:
+        """Forget streams of revoked partitions; returns their ids."""
+        gone = [sid for sid, st in self.streams.items() if st.partition in partitions]
+        for sid in gone:
+            del self.streams[sid]
+        for p in partitions:
+            self.partition_time.pop(p, None)
+        return gone
