@@ -68,7 +68,7 @@ def _send_all(producer: KafkaProducer, topic: str, items: list[tuple[bytes | Non
 def _drained(worker: Worker, settings: WorkerSettings) -> bool:
     """Every input partition committed up to its end."""
     tps = [TopicPartition(settings.topics.input, p) for p in worker.assigned]
-    if not tps or worker._scanning:
+    if not tps or worker.partitions.scanning:
         return False
     # the fetch high watermark, not end_offsets(): Tansu's ListOffsets "latest" answers the last batch's base + 1
     ends = {tp: worker.consumer.highwater(tp) for tp in tps}
@@ -230,7 +230,7 @@ def test_hostile_records_never_stop_the_worker(
             if summaries and refused_at <= lettered and _drained(worker, settings):
                 break
         else:
-            stuck = {p: sorted(t._open)[:5] for p, t in worker._trackers.items() if t.pending}
+            stuck = {p: sorted(t._open)[:5] for p, t in worker.commits.ledger.trackers.items() if t.pending}
             open_streams = {
                 sid: (st.partition, st.last_seq, len(st.outstanding)) for sid, st in worker.pipeline.streams.items()
             }

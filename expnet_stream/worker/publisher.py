@@ -1,0 +1,205 @@
+"""Everything the worker writes: events to their topics, dead letters, worker state and idle markers; transactions
+(``delivery: exactly_once``); and the check that every required send was acknowledged before a commit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from ..config.settings import WorkerSettings
+from ..errors import BrokerError
+from ..events.aggregate_schema import EmotionAggregate
+from ..events.codec import encode
+from ..events.schema import DeadLetter, FrameEvent, StreamSummary
+from ..ops import WorkerHealth, WorkerMetrics
+from .stages import StageTimes
+from .streams import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    records: int = 0
+    records_replayed: int = 0
+    events_published: int = 0
+    frame_events: int = 0
+    summaries: int = 0
+    aggregates: int = 0
+    dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    commits: int = 0
+    rewinds: int = 0
+    idle_closed: int = 0
+    track_states: int = 0
+    pauses: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def make_producer(settings: WorkerSettings, common: dict[str, Any]) -> KafkaProducer:
+    """The worker's producer: every send acknowledged by all in-sync replicas, retried until
+    ``delivery_timeout_ms``, in order; transactional under ``delivery: exactly_once``."""
+    exactly_once = settings.delivery == "exactly_once"
+    producer = KafkaProducer(
+        **common,
+        client_id=f"{settings.kafka.client_id}-{settings.worker_id}-producer",
+        acks="all",
+        linger_ms=5,
+        max_in_flight_requests_per_connection=1,
+        retries=2**31 - 1,
+        request_timeout_ms=settings.kafka.request_timeout_ms,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        max_request_size=settings.dlq_max_value_bytes + 64 * 1024 + 1024 * 1024,
+        transactional_id=f"{settings.group_id}-{settings.worker_id}" if exactly_once else None,
+    )
+    if exactly_once:
+        producer.init_transactions()
+    return producer
+
+
+def make_dead_letter(
+    topic: str,
+    source: Source,
+    reason: str,
+    detail: str,
+    stream_id: str | None,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    settings: WorkerSettings,
+) -> DeadLetter:
+    """The dead letter of input record ``source``: its reason, a detail of at most 2000 characters, and the record's
+    bytes up to ``dlq_max_value_bytes`` (a bigger one keeps the pointer: topic, partition, offset, and its size)."""
+    size = len(value) if value is not None else 0
+    return DeadLetter(
+        reason=reason,
+        detail=detail[:2000],
+        source_topic=topic,
+        source_partition=source.partition,
+        source_offset=source.offset,
+        key=key,
+        value=value if size <= settings.dlq_max_value_bytes else None,
+        value_size=size,
+        stream_id=stream_id,
+        worker_id=settings.worker_id,
+        time=time.time(),
+    )
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        producer: KafkaProducer,
+        *,
+        stats: WorkerStats,
+        metrics: WorkerMetrics,
+        health: WorkerHealth,
+        stages: StageTimes,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.producer = producer
+        self.stats = stats
+        self.metrics = metrics
+        self.health = health
+        self.stages = stages
+        self.transactional = settings.delivery == "exactly_once"
+        self._futures: list[Any] = []  # required sends since the last confirm
+        self._best_effort: list[Any] = []
+        self._in_txn = False
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, *, required: bool = True
+    ) -> None:
+        """Send one record; a ``required`` one must be acknowledged before the next commit (else the worker stops
+        without committing), a best-effort one (worker state) only logs its failure."""
+        if self.transactional and not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+        future = self.producer.send(topic, key=key, value=value, partition=partition)
+        (self._futures if required else self._best_effort).append(future)
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Required sends not confirmed yet."""
+        return bool(self._futures)
+
+    def publish(self, event: FrameEvent | StreamSummary | EmotionAggregate) -> None:
+        """An output event to its topic (aggregates to the emotions topic), keyed by stream id."""
+        topic = self.topics.emotions if isinstance(event, EmotionAggregate) else self.topics.expressions
+        with self.stages.time("publish"):
+            self.send(topic, event.stream_id.encode(), encode(event))
+        self.stats.events_published += 1
+        if isinstance(event, EmotionAggregate):
+            self.stats.aggregates += 1
+        elif isinstance(event, FrameEvent):
+            self.stats.frame_events += 1
+            latency = event.publish_time - event.capture_time if event.capture_time > 0 else None
+            self.metrics.event_published("frame", latency)
+        else:
+            self.stats.summaries += 1
+            self.metrics.event_published("summary")
+
+    def dead_letter(
+        self,
+        source: Source,
+        reason: str,
+        detail: str,
+        stream_id: str | None,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> None:
+        """Send the dead letter of an input record (:func:`make_dead_letter`) to the dead-letter topic."""
+        letter = make_dead_letter(
+            self.topics.input, source, reason, detail, stream_id, key=key, value=value, settings=self.settings
+        )
+        self.send(self.topics.dlq, key, encode(letter))
+        self.stats.dead_letters[reason] += 1
+        self.metrics.dead_letter(reason)
+        log.warning(
+            "dead-lettered topic=%s partition=%d offset=%d reason=%s detail=%s",
+            letter.source_topic,
+            source.partition,
+            source.offset,
+            reason,
+            detail[:200],
+        )
+
+    def confirm(self) -> None:
+        """Flush the producer and check every required send; raises :class:`BrokerError` when one failed."""
+        with self.stages.time("publish"):
+            self.producer.flush()
+        failed = [f for f in self._futures if f.failed()]
+        self._futures.clear()
+        lost = [f for f in self._best_effort if f.failed()]
+        self._best_effort = [f for f in self._best_effort if not f.is_done]
+        if lost:
+            log.warning(
+                "%d worker-state record(s) not stored (%r): a takeover may renumber tracks",
+                len(lost),
+                lost[0].exception,
+            )
+        if failed:
+            self.health.set_broker_reachable(False)
+            raise BrokerError(
+                f"{len(failed)} event(s) were not acknowledged by the broker ({failed[0].exception!r}); "
+                "stopping without committing: the next owner resumes from the last commit"
+            )
+
+    def commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any) -> None:
+        """Commit the input offsets inside the open transaction with what was produced in it."""
+        if not self._in_txn:
+            self.producer.begin_transaction()
+        self.producer.send_offsets_to_transaction(offsets, group_metadata)
+        self.producer.commit_transaction()
+        self._in_txn = False
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
