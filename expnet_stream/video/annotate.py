@@ -1,21 +1,11 @@
 """An annotated copy of a video: each face's box, track id, dominant emotion and emotion bars (and optionally its 3D
-expression mesh), drawn from the stream's :class:`~expnet_stream.events.schema.FrameEvent` s.
+expression mesh), drawn (:mod:`.draw`) from the stream's :class:`~expnet_stream.events.schema.FrameEvent` s.
 
 Frame events are matched to the decoded frames by ``pts`` (by ``frame_seq`` when the events carry no pts). A frame
 the worker sampled out (``sampling.fps``) shows the faces of the most recent processed frame for up to ``hold_s``
 seconds of stream time (boxes drawn thinner), then none. Every decoded frame is written, annotated or not, re-encoded
 with libx264 (yuv420p) at the input's time base and pts; frames with nothing to draw are passed to the encoder as
 decoded. Audio is not copied.
-
->>> import numpy as np
->>> from expnet_stream.events.schema import Face, pack_coeffs
->>> face = Face(track_id=3, box=(40, 30, 120, 130), score=0.9, coeffs=pack_coeffs(np.zeros(29)),
-...             emotions={"happiness": 0.82, "neutral": 0.18})
->>> image = np.zeros((360, 640, 3), np.uint8)
->>> face_label(face)
-'#3 happiness 0.82'
->>> int(draw_faces(image, [face]).any())
-1
 """
 
 from __future__ import annotations
@@ -23,61 +13,37 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import ConfigError, DecodeError, ModelError
-from ..events.schema import Face, FrameEvent
+from ..events.schema import FrameEvent
 from ..fileio import staged_path
 from .decode import to_bgr
-
-if TYPE_CHECKING:
-    from ..models.expression_basis import ExpressionBasis
+from .draw import MeshRenderer, draw_faces, mesh_size
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HOLD_S",
     "AnnotateStats",
-    "MeshRenderer",
     "VideoInfo",
     "annotate_video",
     "check_output",
-    "draw_faces",
-    "face_label",
     "probe_video",
     "progress_bar",
 ]
 
 DEFAULT_HOLD_S = 0.5
 """How long (stream seconds) a sampled-out frame shows the faces of the last processed frame."""
-
-Image = npt.NDArray[np.uint8]
-Colour = tuple[int, int, int]
-
-# BGR colour per emotion class; any other class gets a colour from its name
-EMOTION_BGR: dict[str, Colour] = {
-    "anger": (40, 40, 220),
-    "contempt": (140, 140, 0),
-    "disgust": (40, 150, 40),
-    "fear": (170, 60, 170),
-    "happiness": (0, 210, 255),
-    "neutral": (190, 190, 190),
-    "sadness": (210, 120, 30),
-    "surprise": (0, 130, 255),
-}
-NO_EMOTION_BGR: Colour = (255, 255, 255)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @dataclass(frozen=True)
@@ -109,200 +75,6 @@ class AnnotateStats:
     @property
     def frames_per_s(self) -> float:
         return self.frames_written / self.seconds if self.seconds > 0 else 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------- drawing
-def emotion_colour(name: str | None) -> Colour:
-    if name is None:
-        return NO_EMOTION_BGR
-    if name in EMOTION_BGR:
-        return EMOTION_BGR[name]
-    h = zlib.crc32(name.encode())
-    return (64 + h % 192, 64 + (h >> 8) % 192, 64 + (h >> 16) % 192)
-
-
-def dominant(face: Face) -> tuple[str, float] | None:
-    """``(class, probability)`` of the face's most probable emotion; None without emotions."""
-    if not face.emotions:
-        return None
-    emotions = face.emotions
-    name = max(emotions, key=lambda k: emotions[k])
-    return name, float(emotions[name])
-
-
-def face_label(face: Face) -> str:
-    """``"#3 happiness 0.82"``; ``"face"`` for an untracked face; ``"(no emotions)"`` without an emotion output."""
-    who = f"#{face.track_id}" if face.track_id >= 0 else "face"
-    top = dominant(face)
-    return f"{who} {top[0]} {top[1]:.2f}" if top else f"{who} (no emotions)"
-
-
-def _short_names(classes: Sequence[str]) -> list[str]:
-    short = [c[:3] for c in classes]
-    return short if len(set(short)) == len(short) else list(classes)
-
-
-def _scale(image: Image) -> float:
-    """Drawing scale: 1.0 at 360 px on the short side (640x360), proportional above and below."""
-    return max(0.5, min(int(image.shape[0]), int(image.shape[1])) / 360.0)
-
-
-def _darken(image: Image, x0: int, y0: int, x1: int, y1: int, keep: float = 0.35) -> None:
-    roi = image[y0:y1, x0:x1]
-    roi[:] = (roi.astype(np.float32) * keep).astype(np.uint8)
-
-
-def _text(image: Image, text: str, org: tuple[int, int], scale: float, colour: Colour, thick: int) -> None:
-    cv2.putText(image, text, org, _FONT, scale, colour, thick, cv2.LINE_AA)
-
-
-def _label(image: Image, text: str, box: tuple[int, int, int, int], colour: Colour, s: float) -> None:
-    """The label in a filled tag above the box (inside its top edge when there is no room above)."""
-    h, w = image.shape[:2]
-    fs, thick = 0.5 * s, max(1, round(1.2 * s))
-    (tw, th), base = cv2.getTextSize(text, _FONT, fs, thick)
-    pad = max(2, round(3 * s))
-    x0 = min(max(0, box[0]), max(0, w - tw - 2 * pad))
-    y1 = box[1] if box[1] - th - base - 2 * pad >= 0 else box[1] + th + base + 2 * pad
-    y1 = min(y1, h)
-    y0 = max(0, y1 - th - base - 2 * pad)
-    cv2.rectangle(image, (x0, y0), (x0 + tw + 2 * pad, y1), colour, -1)
-    ink: Colour = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
-    _text(image, text, (x0 + pad, y1 - pad - base), fs, ink, thick)
-
-
-@dataclass(frozen=True)
-class _BarLayout:
-    names: list[str]
-    font: float
-    row: int
-    pad: int
-    bar_w: int
-    name_w: int
-
-    @classmethod
-    def of(cls, classes: Sequence[str], s: float) -> _BarLayout:
-        names = _short_names(classes)
-        font = 0.42 * s
-        name_w = max(cv2.getTextSize(n, _FONT, font, 1)[0][0] for n in names)
-        return cls(names, font, round(12 * s), max(2, round(4 * s)), round(60 * s), name_w)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return 3 * self.pad + self.name_w + self.bar_w, 2 * self.pad + self.row * len(self.names)
-
-
-def _bars(image: Image, emotions: dict[str, float], x0: int, y0: int, lay: _BarLayout) -> None:
-    """A horizontal bar per class (the model's class order, 3-letter names) over a darkened panel; the dominant
-    class's bar is outlined."""
-    pw, ph = lay.size
-    _darken(image, x0, y0, x0 + pw, y0 + ph)
-    top = max(emotions, key=lambda k: emotions[k])
-    bx = x0 + 2 * lay.pad + lay.name_w
-    for i, (cls, name) in enumerate(zip(emotions, lay.names, strict=True)):
-        y = y0 + lay.pad + i * lay.row
-        _text(image, name, (x0 + lay.pad, y + lay.row - max(2, lay.pad - 1)), lay.font, (255, 255, 255), 1)
-        p = min(1.0, max(0.0, float(emotions[cls])))
-        cv2.rectangle(image, (bx, y + 2), (bx + lay.bar_w, y + lay.row - 2), (90, 90, 90), 1)
-        if p > 0:
-            cv2.rectangle(
-                image, (bx, y + 2), (bx + max(1, round(p * lay.bar_w)), y + lay.row - 2), emotion_colour(cls), -1
-            )
-        if cls == top:
-            cv2.rectangle(image, (bx - 1, y + 1), (bx + lay.bar_w + 1, y + lay.row - 1), (255, 255, 255), 1)
-
-
-def _paste_mesh(image: Image, mesh: Image, x0: int, y0: int) -> None:
-    """The mesh's pixels (not its white background) over a darkened square."""
-    m = mesh.shape[0]
-    _darken(image, x0, y0, x0 + m, y0 + m)
-    mask = mesh.min(axis=2) < 250
-    roi = image[y0 : y0 + m, x0 : x0 + m]
-    roi[mask] = mesh[mask]
-
-
-def draw_faces(
-    image_bgr: Image,
-    faces: Sequence[Face],
-    *,
-    held: bool = False,
-    meshes: Sequence[Image | None] | None = None,
-) -> Image:
-    """Draw each face's box, label (:func:`face_label`) and emotion bars (and its mesh) onto ``image_bgr``.
-
-    Draws in place and returns the image. Sizes scale with the frame (legible at 640x360). The bars and the mesh
-    sit in a column beside the box (right, else left, clamped to the frame). ``held`` draws thinner boxes (faces
-    carried over from an earlier processed frame). ``meshes`` holds one square BGR image (white background) or None
-    per face. A face without emotions gets its box and label only.
-    """
-    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-        raise ValueError(f"image_bgr must be (H, W, 3) uint8, got {image_bgr.shape} {image_bgr.dtype}")
-    if meshes is not None and len(meshes) != len(faces):
-        raise ValueError(f"meshes must hold one entry per face ({len(faces)}), got {len(meshes)}")
-    h, w = image_bgr.shape[:2]
-    s = _scale(image_bgr)
-    gap = max(2, round(4 * s))
-    for i, face in enumerate(faces):
-        x1, y1, x2, y2 = (round(v) for v in face.box)
-        x1, x2 = min(max(x1, 0), w - 1), min(max(x2, 0), w - 1)
-        y1, y2 = min(max(y1, 0), h - 1), min(max(y2, 0), h - 1)
-        top = dominant(face)
-        colour = emotion_colour(top[0] if top else None)
-        thick = max(1, round((1.0 if held else 2.0) * s))
-        cv2.rectangle(image_bgr, (x1, y1), (x2, y2), colour, thick, cv2.LINE_AA)
-        mesh = meshes[i] if meshes is not None else None
-        lay = _BarLayout.of(list(face.emotions), s) if face.emotions else None
-        pw, ph = lay.size if lay is not None else (0, 0)
-        m = 0 if mesh is None else mesh.shape[0]
-        col_w, col_h = max(pw, m), ph + m + (gap if pw and m else 0)
-        if col_w and col_w <= w and col_h <= h:
-            cx = x2 + gap if x2 + gap + col_w <= w else x1 - gap - col_w
-            cx = min(max(cx, 0), w - col_w)
-            cy = min(max(y1, 0), h - col_h)
-            if face.emotions and lay is not None:
-                _bars(image_bgr, face.emotions, cx, cy, lay)
-            if mesh is not None:
-                _paste_mesh(image_bgr, mesh, cx, cy + ph + (gap if ph else 0))
-        _label(image_bgr, face_label(face), (x1, y1, x2, y2), colour, s)
-    return image_bgr
-
-
-# ---------------------------------------------------------------------------------------------------------- meshes
-class MeshRenderer:
-    """Renders a face's coefficients (smoothed ones when the event has them) as a small mesh image.
-
-    Reuses :func:`expnet_stream.models.mesh.mesh_from_coeffs` and :func:`~expnet_stream.models.mesh.render_mesh_image`
-    (a software renderer, about 7-9 ms per image here); the last image of each track is reused while its
-    coefficients do not change (held frames).
-    """
-
-    def __init__(self, basis_id: str, size: int) -> None:
-        from ..models.mesh import load_expression_basis
-
-        self.basis: ExpressionBasis = load_expression_basis(basis_id)
-        self.size = size
-        self.rendered = 0
-        self._last: dict[int, tuple[bytes, Image]] = {}
-
-    def render(self, face: Face) -> Image:
-        from ..models.mesh import mesh_from_coeffs, render_mesh_image
-
-        raw = face.coeffs_smoothed if face.coeffs_smoothed is not None else face.coeffs
-        cached = self._last.get(face.track_id)
-        if cached is not None and cached[0] == raw and face.track_id >= 0:
-            return cached[1]
-        smoothed = face.smoothed_coefficients
-        coeffs = smoothed if smoothed is not None else face.coefficients
-        vertices, triangles = mesh_from_coeffs(coeffs, self.basis)
-        image = render_mesh_image(vertices, triangles, size=self.size)
-        self.rendered += 1
-        self._last[face.track_id] = (raw, image)
-        return image
-
-
-def mesh_size(width: int, height: int) -> int:
-    """Side of the mesh image: 96 px at 360 px on the short side, 64 to 128 px."""
-    return int(min(128, max(64, round(96 * min(width, height) / 360))))
 
 
 # ---------------------------------------------------------------------------------------------------------- video

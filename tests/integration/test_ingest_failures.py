@@ -18,7 +18,8 @@ import av
 import pytest
 from kafka import KafkaProducer
 
-from expnet_stream.cli.main import EXIT_INGEST_LOST, main
+from expnet_stream.cli.ingest_cmd import EXIT_INGEST_LOST
+from expnet_stream.cli.main import main
 from expnet_stream.client import Subscriber
 from expnet_stream.config.settings import load_settings
 from expnet_stream.events.schema import StreamEnd, StreamStart, VideoPacket

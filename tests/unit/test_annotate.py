@@ -12,7 +12,8 @@ import pytest
 from expnet_stream.cli.main import main
 from expnet_stream.errors import ConfigError, ModelError
 from expnet_stream.events.schema import Face, FrameEvent, pack_coeffs
-from expnet_stream.video.annotate import annotate_video, draw_faces, face_label
+from expnet_stream.video.annotate import annotate_video
+from expnet_stream.video.draw import draw_faces, face_label
 
 pytestmark = pytest.mark.unit
 
