@@ -335,7 +335,8 @@ class _Ingest(threading.Thread):
         producer = KafkaProducer(
             **self.ws.kafka.client_kwargs(),
             acks="all",
-            linger_ms=5,
+            linger_ms=0,  # a packet goes out at once (a live frame waits for nothing); packets still go together
+            # while a request is in flight
             max_request_size=self.ws.max_packet_bytes,
             max_in_flight_requests_per_connection=1,
         )

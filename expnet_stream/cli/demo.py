@@ -88,7 +88,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
     producer = KafkaProducer(
         **settings.kafka.client_kwargs(),
         acks="all",
-        linger_ms=5,
+        linger_ms=0,  # a packet goes out at once (a live frame waits for nothing); packets still go together
+        # while a request is in flight
         max_in_flight_requests_per_connection=1,
         max_request_size=settings.max_packet_bytes,
     )

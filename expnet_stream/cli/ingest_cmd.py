@@ -105,7 +105,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         producer = KafkaProducer(
             **settings.kafka.client_kwargs(),
             acks="all",
-            linger_ms=5,
+            linger_ms=0,  # a packet goes out at once (a live frame waits for nothing); packets still go together
+            # while a request is in flight
             max_request_size=settings.max_packet_bytes,
             max_in_flight_requests_per_connection=1,
         )

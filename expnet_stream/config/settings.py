@@ -41,6 +41,12 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_records: int = Field(64, ge=1, description="records per poll")
     request_timeout_ms: int = Field(30000, ge=1000)
+    linger_ms: int = Field(
+        0,
+        ge=0,
+        description="how long the worker's producer holds events to send more in one request; 0 sends at once "
+        "(events still go out together while a request is in flight)",
+    )
     fetch_max_wait_ms: int = Field(
         20,
         ge=0,
@@ -117,6 +123,12 @@ class ModelSettings(_Section):
 class BatchSettings(_Section):
     max_batch: int = Field(16, ge=1, description="faces per engine call")
     max_wait_ms: float = Field(40.0, ge=0, description="longest a face waits for its batch to fill")
+    eager: bool = Field(
+        True,
+        description="run a batch as soon as the worker has read all the input the broker has (each partition at its "
+        "high watermark): a frame never waits for input that is not there; a worker behind its input still fills "
+        "batches (max_batch, max_wait_ms); false: a batch always waits up to max_wait_ms for max_batch faces",
+    )
 
 
 class IdleSettings(_Section):

@@ -53,39 +53,23 @@ def contract_path_for(onnx_path: str | os.PathLike[str]) -> Path:
     return Path(onnx_path).with_suffix(".contract.json")
 
 
-_Taps = tuple[
-    npt.NDArray[np.intp],
-    npt.NDArray[np.intp],
-    npt.NDArray[np.float32],
-    npt.NDArray[np.intp],
-    npt.NDArray[np.intp],
-    npt.NDArray[np.float32],
-]
+_Taps = tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32]]
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def _tf1_bilinear_taps(src: int, dst: int) -> _Taps:
     """Taps of TF1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)``: ``src_pos = dst_pos * src/dst``.
 
-    Returns ``lo, hi, frac`` per output row/column and the same for the flattened ``(width * 3)`` BGR axis.
+    Returns ``lo, hi, frac`` per output row (and column).
     """
     scale = np.float32(src) / np.float32(dst)
     pos = np.arange(dst, dtype=np.float32) * scale
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, src - 1)
     frac = (pos - lo).astype(np.float32)
-    chan = np.arange(3)
-    taps: _Taps = (
-        lo,
-        hi,
-        frac,
-        (lo[:, None] * 3 + chan).ravel(),
-        (hi[:, None] * 3 + chan).ravel(),
-        np.repeat(frac, 3),
-    )
-    for arr in taps:
+    for arr in (lo, hi, frac):
         arr.setflags(write=False)
-    return taps
+    return lo, hi, frac
 
 
 class PreprocessContract(BaseModel):
@@ -280,20 +264,28 @@ class PreprocessContract(BaseModel):
                 f"normalize expects uint8 crops of shape (N, {c}, {c}, 3), got {crops.dtype} {crops.shape}"
             )
         s = self.input_size
+        # CHW first (a uint8 copy), so every pass below runs on C-contiguous arrays and the result is the engine's
+        # layout without another copy
+        chw = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
         if c == s:
-            x = crops.astype(np.float32)
+            x = chw.astype(np.float32)
         elif self.crop_to_input == "center_crop":
             o = (c - s) // 2
-            x = crops[:, o : o + s, o : o + s].astype(np.float32)
-        else:
-            # Rows, then columns; columns index the flattened (width * 3) axis, which numpy gathers faster.
-            lo, hi, f, clo, chi, cf = _tf1_bilinear_taps(c, s)
-            flat = crops.reshape(crops.shape[0], c, c * 3)
-            top = flat[:, lo].astype(np.float32)
-            rows = top + (flat[:, hi] - top) * f[None, :, None]
-            left = rows[:, :, clo]
-            x = (left + (rows[:, :, chi] - left) * cf).reshape(crops.shape[0], s, s, 3)
-        x -= self.mean_image()
+            x = np.ascontiguousarray(chw[:, :, o : o + s, o : o + s], np.float32)
+        else:  # separable, two taps: rows, then columns, in place (~3x faster than on the HWC layout)
+            lo, hi, f = _tf1_bilinear_taps(c, s)
+            x = np.take(chw, lo, axis=2).astype(np.float32)
+            step = np.take(chw, hi, axis=2).astype(np.float32)
+            step -= x
+            step *= f[:, None]
+            x += step
+            step = np.take(x, hi, axis=3)
+            x = np.take(x, lo, axis=3)
+            step -= x
+            step *= f
+            x += step
+        mean = self.mean_image()
+        x -= mean.transpose(2, 0, 1) if mean.ndim == 3 else mean
         if self.std != (1.0, 1.0, 1.0):
-            x /= np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x /= np.asarray(self.std, np.float32).reshape(3, 1, 1)
+        return x

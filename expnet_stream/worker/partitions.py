@@ -4,6 +4,7 @@ seek back, replay up to the commit), revoke and loss, and backpressure (pause th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -28,6 +29,22 @@ def plan_backpressure(queued: int, by_partition: dict[int, int], paused: set[int
         busiest = {p for p, _ in by_part[: max(1, len(by_part) // 2)]}
         return busiest - paused, False
     return set(), bool(paused) and queued <= limit // 2
+
+
+def input_drained(
+    last_offsets: dict[TopicPartition, int], highwater: Callable[[TopicPartition], int | None], n: int, max_records: int
+) -> bool:
+    """Whether a poll read everything the broker had: fewer records than it may return, and each partition it
+    returned records of at its last known high watermark (``batch.eager`` then runs the batch at once: waiting for
+    more would wait for nothing). A worker behind its input keeps filling batches and catches up at full
+    efficiency."""
+    if n >= max_records:
+        return False
+    for tp, last in last_offsets.items():
+        high = highwater(tp)
+        if high is not None and last + 1 < high:
+            return False
+    return True
 
 
 class PartitionManager:

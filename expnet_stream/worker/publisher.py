@@ -49,7 +49,7 @@ def make_producer(settings: WorkerSettings, common: dict[str, Any]) -> KafkaProd
         **common,
         client_id=f"{settings.kafka.client_id}-{settings.worker_id}-producer",
         acks="all",
-        linger_ms=5,
+        linger_ms=settings.kafka.linger_ms,
         max_in_flight_requests_per_connection=1,
         retries=2**31 - 1,
         request_timeout_ms=settings.kafka.request_timeout_ms,

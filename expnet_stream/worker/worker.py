@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from ..config.settings import WorkerSettings
@@ -39,7 +39,7 @@ from ..faces.detector import FaceDetector
 from ..ops import WorkerHealth, WorkerMetrics, partition_lag
 from .commits import CommitManager
 from .idle import IdleWatch
-from .partitions import PartitionManager
+from .partitions import PartitionManager, input_drained
 from .pipeline import EmotionClassifier, Pipeline, Source
 from .publisher import Publisher, WorkerStats, make_producer
 from .resume import RewindScans
@@ -221,6 +221,13 @@ class Worker:
             for partition, lag in partition_lag(self.consumer, self.consumer.assignment()).items():
                 m.lag(partition, lag)
 
+    def _drained(self, batches: dict[TopicPartition, list[Any]], n: int) -> bool:
+        try:
+            last = {tp: records[-1].offset for tp, records in batches.items() if records}
+            return input_drained(last, self.consumer.highwater, n, self.settings.kafka.max_poll_records)
+        except KafkaError:  # revoked during the poll: not ours to judge
+            return False
+
     def step(self, poll_timeout_ms: int = 100) -> int:
         """One poll-process-publish-commit round; returns records handled."""
         self.last_tick = time.monotonic()
@@ -241,7 +248,7 @@ class Worker:
                 n += 1
                 if self.pipeline.due():
                     self.pipeline.pump()
-        self.pipeline.pump(force=n == 0)
+        self.pipeline.pump(force=n == 0 or (self.settings.batch.eager and self._drained(batches, n)))
         parts.backpressure()
         self.idle.check()
         self.commit()

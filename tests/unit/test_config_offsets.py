@@ -47,7 +47,7 @@ def test_command_line_wins_over_environment_over_file(tmp_path: Path, monkeypatc
     assert src["batch.max_batch"] != src["model.engine"] == "default"
     text = settings_yaml_with_sources(s, src)
     assert "bootstrap: cli:3" in text and "# command line" in text and f"# file {cfg}" in text
-    assert yaml.safe_load(text)["batch"] == {"max_batch": 4, "max_wait_ms": 5.0}  # still valid YAML
+    assert yaml.safe_load(text)["batch"] == {"max_batch": 4, "max_wait_ms": 5.0, "eager": True}  # still valid YAML
 
 
 def test_env_overrides_yaml_and_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -238,3 +238,17 @@ def test_worker_path_does_not_import_torch(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing {module} imported {result.stdout.strip()}"
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_of_the_package_over_500_lines() -> None:
+    """A module that grows past this is a hub to split along its seams (issue 23: the worker as stages)."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for package in ("expnet_stream", "plugins")
+        for p in sorted((ROOT / package).rglob("*.py"))
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from kafka import TopicPartition
 
 from expnet_stream.aggregate.settings import TemporalSettings
 from expnet_stream.aggregate.temporal import StreamTemporal
@@ -29,7 +30,7 @@ from expnet_stream.worker.commits import CommitLedger
 from expnet_stream.worker.face_finder import FaceFinder
 from expnet_stream.worker.finisher import Finisher
 from expnet_stream.worker.idle import silent
-from expnet_stream.worker.partitions import plan_backpressure
+from expnet_stream.worker.partitions import input_drained, plan_backpressure
 from expnet_stream.worker.publisher import make_dead_letter
 from expnet_stream.worker.schedule import DetectionSchedule, Sampler, scene_cut
 from expnet_stream.worker.stages import StageTimes
@@ -357,6 +358,16 @@ def test_backpressure_pauses_the_busiest_half_and_resumes_when_drained() -> None
     assert plan_backpressure(30, {0: 30}, {0}, limit=40) == (set(), False)  # between half and the limit: hold
     assert plan_backpressure(20, {0: 20}, {0}, limit=40) == (set(), True)
     assert plan_backpressure(20, {0: 20}, set(), limit=40) == (set(), False)
+
+
+def test_input_is_drained_only_when_the_poll_read_up_to_the_high_watermark() -> None:
+    a, b = TopicPartition("in", 0), TopicPartition("in", 1)
+    high = {a: 10, b: 5}.get
+    assert input_drained({a: 9, b: 4}, high, 2, 64)
+    assert not input_drained({a: 7, b: 4}, high, 2, 64)  # three more records of partition 0 wait in the broker
+    assert not input_drained({a: 9}, high, 64, 64)  # a full poll: there may be more
+    assert input_drained({a: 3}, lambda tp: None, 1, 64)  # no high watermark known yet
+    assert input_drained({}, high, 0, 64)
 
 
 # ------------------------------------------------------------------------------------------------ idle
