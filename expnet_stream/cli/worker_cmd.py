@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-seconds", type=float, default=None, help="stop after this many seconds (default: run until SIGTERM)"
     )
     s.add_argument("--create-topics", action="store_true", help="create the topics first when they are missing")
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics, /healthz, /readyz (ops.metrics_port, default 9400); 0 picks a free one and logs it "
+        "(a second worker on the same host)",
+    )
     s.set_defaults(func=cmd_worker)
 
 
@@ -39,7 +46,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..kafka.topics import ensure_topics
     from ..ops import WorkerHealth, WorkerMetrics, serve_ops
 
-    settings = load_settings(args.config, kafka_overrides(args))
+    overrides = kafka_overrides(args)
+    if args.metrics_port is not None:
+        overrides["ops"] = {"metrics_port": args.metrics_port}
+    settings = load_settings(args.config, overrides)
     require_broker(settings.kafka.bootstrap)
     if settings.ops.log_json and not args.log_json:
         setup_logging(args.log_level, json_lines=True, verbose=args.verbose)

@@ -147,6 +147,25 @@ class IdleSettings(_Section):
     )
 
 
+class DecodeSettings(_Section):
+    """What a stream may ask a worker to decode. Packets outside these limits are dead-lettered with a reason before
+    a decoder spends memory or time on them (a decode bomb: a small packet that declares or decodes to a huge
+    picture; a codec nobody sends video in)."""
+
+    codecs: list[str] = Field(
+        ["h264", "hevc", "vp8", "vp9", "av1"], min_length=1, description="FFmpeg decoders a stream may name"
+    )
+    max_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="largest picture (width x height) a stream may declare; FFmpeg also refuses, before it allocates "
+        "it, any frame larger than its stream declared",
+    )
+    max_extradata_bytes: int = Field(
+        64 * 1024, ge=0, description="largest codec extradata (real avcC/hvcC records are under a few KiB)"
+    )
+
+
 class SamplingSettings(_Section):
     fps: float | None = Field(None, gt=0, description="frames per second to process per stream; None = every frame")
 
@@ -179,6 +198,7 @@ class WorkerSettings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
     sampling: SamplingSettings = SamplingSettings()
+    decode: DecodeSettings = DecodeSettings()
     temporal: TemporalSettings = TemporalSettings()
     ops: OpsSettings = OpsSettings()
     idle: IdleSettings = IdleSettings()
@@ -190,6 +210,9 @@ class WorkerSettings(BaseSettings):
     )
     commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
+    dlq_max_key_bytes: int = Field(
+        1024, ge=0, description="larger record keys go to the DLQ as their size and SHA-256, without bytes"
+    )
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
     max_streams: int = Field(256, ge=1, description="open decoders per worker")
     delivery: Literal["at_least_once", "exactly_once"] = Field(

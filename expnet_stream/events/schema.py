@@ -41,9 +41,13 @@ TimeBase = Annotated[
     tuple[_Positive32, _Positive32],
     Field(description="time base as [numerator, denominator], both positive; seconds = pts * n / d"),
 ]
-Timestamp = Annotated[int, Field(ge=-MAX_TIMESTAMP, le=MAX_TIMESTAMP)]
-Dimension = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]
+# wire integers are strict: a string such as "0" is refused, not coerced (what a sender meant is not guessed)
+Timestamp = Annotated[int, Field(strict=True, ge=-MAX_TIMESTAMP, le=MAX_TIMESTAMP)]
+Dimension = Annotated[int, Field(strict=True, ge=0, le=MAX_DIMENSION)]
 UnixTime = Annotated[float, Field(allow_inf_nan=False)]
+MAX_TRACK_ID = 2**31 - 1
+TrackId = Annotated[int, Field(strict=True, ge=0, le=MAX_TRACK_ID)]
+"""A track id a worker hands over (a forged state with ids near 2**63 is refused, not trusted)."""
 CodecName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -74,7 +78,10 @@ class VideoPacket(_Event):
     type: Literal["packet"] = "packet"
     stream_id: str = Field(min_length=1, max_length=256)
     seq: int = Field(
-        ge=0, lt=MAX_TIMESTAMP, description="packet sequence number within the stream, from 0, in decode order"
+        strict=True,
+        ge=0,
+        lt=MAX_TIMESTAMP,
+        description="packet sequence number within the stream, from 0, in decode order",
     )
     pts: Timestamp | None = Field(description="presentation timestamp in time_base units")
     dts: Timestamp | None = Field(description="decode timestamp in time_base units")
@@ -93,7 +100,9 @@ class StreamEnd(_Event):
 
     type: Literal["stream_end"] = "stream_end"
     stream_id: str = Field(min_length=1, max_length=256)
-    packets: int = Field(ge=0, le=MAX_TIMESTAMP, description="number of packets the ingester sent for this stream")
+    packets: int = Field(
+        strict=True, ge=0, le=MAX_TIMESTAMP, description="number of packets the ingester sent for this stream"
+    )
     reason: str = Field(
         "eof",
         max_length=2000,
@@ -115,10 +124,10 @@ class TrackState(_Event):
     stream_id: str = Field(min_length=1, max_length=256)
     frame_seq: int = Field(ge=0, description="frame_seq of the frame these tracks are the state after")
     pts_time: float = Field(allow_inf_nan=False, description="that frame's pts_time")
-    tracks: list[tuple[int, float, float, float, float]] = Field(
+    tracks: list[tuple[TrackId, float, float, float, float]] = Field(
         max_length=1024, description="[track id, x1, y1, x2, y2] of the frame's tracked faces"
     )
-    next_id: int = Field(ge=0, description="the id the stream's next new track gets")
+    next_id: TrackId = Field(description="the id the stream's next new track gets")
     worker_id: str
     sent_time: UnixTime
 
@@ -222,17 +231,26 @@ class StreamSummary(_Event):
 
 
 class DeadLetter(_Event):
-    """Input that could not be processed, with the reason; on the dead-letter topic."""
+    """Input that could not be processed, with the reason; on the dead-letter topic.
 
+    The letter copies the record's key and value up to the worker's limits (``dlq_max_key_bytes``,
+    ``dlq_max_value_bytes``); a bigger one keeps its size and SHA-256 instead, so a letter always fits the broker.
+    Version 2 adds ``key_size``, ``key_sha256`` and ``value_sha256``; a version-1 letter reads with them None.
+    """
+
+    v: int = Field(2, description="schema version of this message")
     type: Literal["dead_letter"] = "dead_letter"
     reason: str = Field(description="machine-readable reason code, e.g. 'bad_msgpack', 'unknown_version'")
     detail: str = Field(description="human-readable explanation")
     source_topic: str
     source_partition: int
     source_offset: int
-    key: bytes | None
+    key: bytes | None = Field(description="the original key, or None when larger than the DLQ limit")
+    key_size: int | None = Field(None, ge=0, description="size of the original key in bytes (None: no key)")
+    key_sha256: str | None = Field(None, description="SHA-256 (hex) of the original key when it is not copied")
     value: bytes | None = Field(description="the original bytes, or None when larger than the DLQ limit")
     value_size: int = Field(ge=0)
+    value_sha256: str | None = Field(None, description="SHA-256 (hex) of the original value when it is not copied")
     stream_id: str | None = None
     worker_id: str
     time: float

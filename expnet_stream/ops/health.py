@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -38,11 +39,37 @@ log = logging.getLogger(__name__)
 StatusProvider = Callable[[], HealthSnapshot]
 
 
+MAX_CONNECTIONS = 16
+"""Connections served at once; more are closed at once (a scraper and two probes need three)."""
+REQUEST_TIMEOUT_S = 5.0
+"""A connection that sends no complete request within this long is closed (idle connections held threads for ever)."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     registry: CollectorRegistry
     status_provider: StatusProvider
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # every slot taken: refuse, never queue a thread
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -53,6 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "expnet-stream"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT_S  # the socket's timeout: a silent or slow client is dropped
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -138,9 +166,15 @@ class HealthServer:
         try:
             server = cls((self.host, self._requested_port), _Handler)
         except OSError as exc:
+            hint = (
+                " (another worker on this host?): set ops.metrics_port to 0 (`--metrics-port 0`, "
+                "EXPNET_OPS__METRICS_PORT=0) to pick a free port, or choose another"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
             raise ConfigError(
                 f"ops.metrics_host/metrics_port: cannot serve metrics and health on "
-                f"{self.host}:{self._requested_port}: {exc}"
+                f"{self.host}:{self._requested_port}: {exc}{hint}"
             ) from exc
         server.registry = self.registry
         server.status_provider = self.status_provider
@@ -173,8 +207,12 @@ class HealthServer:
 def serve_ops(
     settings: OpsSettings, registry: CollectorRegistry, status_provider: StatusProvider
 ) -> HealthServer | None:
-    """Start the metrics/health server the settings ask for; ``None`` when ``metrics_port`` is 0 (disabled)."""
+    """Start the metrics/health server the settings ask for (``metrics_port`` 0: a free port, logged); ``None`` when
+    ``metrics_enabled`` is false."""
     if not settings.metrics_enabled:
-        log.info("metrics/health server disabled (ops.metrics_port=0)")
+        log.info("metrics/health server disabled (ops.metrics_enabled=false)")
         return None
-    return HealthServer(registry, status_provider, host=settings.metrics_host, port=settings.metrics_port).start()
+    server = HealthServer(registry, status_provider, host=settings.metrics_host, port=settings.metrics_port).start()
+    if settings.metrics_port == 0:
+        log.warning("metrics and health on a free port: %s (ops.metrics_port=0)", server.url)
+    return server

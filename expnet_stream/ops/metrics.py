@@ -173,6 +173,11 @@ class WorkerMetrics:
         self._dlq = Counter(
             "expnet_dead_letters", "Input records sent to the dead-letter topic", ["reason"], registry=r
         )
+        self._dlq_unsent = Counter(
+            "expnet_dead_letters_unsent",
+            "Dead letters the broker did not take (logged; the record's offset is released all the same)",
+            registry=r,
+        )
         self._commits = Counter("expnet_commits", "Successful offset commits", registry=r)
         self._commit_failures = Counter("expnet_commit_failures", "Failed offset commits (retried)", registry=r)
         self._lag = Gauge(
@@ -247,6 +252,9 @@ class WorkerMetrics:
 
     def dead_letter(self, reason: str) -> None:
         self._dlq.labels(reason=reason).inc()
+
+    def dead_letter_unsent(self, n: int = 1) -> None:
+        self._dlq_unsent.inc(n)
 
     def commit(self, ok: bool = True) -> None:
         (self._commits if ok else self._commit_failures).inc()

@@ -18,12 +18,12 @@ class OpsSettings(BaseModel):
         "127.0.0.1",
         description="address the metrics/health server binds; loopback by default, containers set 0.0.0.0",
     )
+    metrics_enabled: bool = Field(True, description="serve /metrics, /healthz and /readyz")
     metrics_port: int = Field(
         9400,
         ge=0,
         le=65535,
-        description="port of /metrics, /healthz and /readyz; 0 disables the server (tests bind ephemeral ports "
-        "through HealthServer directly)",
+        description="port of /metrics, /healthz and /readyz; 0 picks a free one and logs it (two workers on one host)",
     )
     liveness_timeout_s: float = Field(
         60.0,
@@ -41,8 +41,3 @@ class OpsSettings(BaseModel):
         description="how often the worker refreshes the per-partition consumer-lag gauge",
     )
     log_json: bool = Field(False, description="log JSON lines (one object per record) instead of text")
-
-    @property
-    def metrics_enabled(self) -> bool:
-        """Whether the worker should start the metrics/health server."""
-        return self.metrics_port != 0

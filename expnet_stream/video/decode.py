@@ -33,17 +33,65 @@ class DecodedFrame:
         return float(self.pts) * self.time_base[0] / self.time_base[1]
 
 
+def _is_video_decoder(name: str) -> bool:
+    try:
+        return av.Codec(name, "r").type == "video"
+    except (av.error.FFmpegError, ValueError):  # pragma: no branch - PyAV raises one of them for an unknown name
+        return False
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a stream may ask a decoder for (``decode`` in the worker settings); checked on every keyframe before a
+    decoder is opened, and by FFmpeg itself (``max_pixels``) before it allocates a frame."""
+
+    codecs: frozenset[str] = frozenset({"h264", "hevc", "vp8", "vp9", "av1"})
+    max_pixels: int = 3840 * 2160
+    max_extradata_bytes: int = 64 * 1024
+
+    def check(self, stream_id: str, pkt: VideoPacket) -> None:
+        """Raise :class:`DecodeError` for a keyframe outside the limits."""
+        if pkt.codec not in self.codecs:
+            if not _is_video_decoder(pkt.codec):
+                raise DecodeError(f"stream {stream_id}: no video decoder {pkt.codec!r}", "unsupported_codec")
+            raise DecodeError(
+                f"stream {stream_id}: codec {pkt.codec!r} is not allowed (decode.codecs: {sorted(self.codecs)})",
+                "codec_not_allowed",
+            )
+        if pkt.width * pkt.height > self.max_pixels:
+            raise DecodeError(
+                f"stream {stream_id}: {pkt.width}x{pkt.height} is over decode.max_pixels={self.max_pixels}",
+                "too_many_pixels",
+            )
+        if pkt.extradata is not None and len(pkt.extradata) > self.max_extradata_bytes:
+            raise DecodeError(
+                f"stream {stream_id}: {len(pkt.extradata)} bytes of extradata, over decode.max_extradata_bytes="
+                f"{self.max_extradata_bytes}",
+                "extradata_too_large",
+            )
+
+    def pixels_for(self, pkt: VideoPacket) -> int:
+        """The largest frame the decoder may allocate: the declared size with each side rounded up to 128 (codecs
+        decode whole blocks: a 160x120 H.264 picture is coded as 160x128; AV1 superblocks are up to 128), or the
+        limit when no size is declared."""
+        if not (pkt.width and pkt.height):
+            return self.max_pixels
+        return -(-pkt.width // 128) * 128 * (-(-pkt.height // 128) * 128)
+
+
 class StreamDecoder:
     """Decodes one stream's packets in decode order. Not thread-safe; one per stream.
 
     The codec context is (re)opened with the extradata carried by keyframes; a change of codec,
     extradata or size on a keyframe reopens it. Packets before the first keyframe raise
-    :class:`DecodeError` (the caller counts them as skipped).
+    :class:`DecodeError` (the caller counts them as skipped). ``limits`` bound what a keyframe may open; a decoded
+    frame wider or taller than its stream declared is refused (``frame_size_mismatch``).
     """
 
-    def __init__(self, stream_id: str, threads: int = 1) -> None:
+    def __init__(self, stream_id: str, threads: int = 1, limits: DecodeLimits | None = None) -> None:
         self.stream_id = stream_id
         self.threads = threads
+        self.limits = limits or DecodeLimits()
         self._ctx: av.VideoCodecContext | None = None
         self._key: tuple[str, bytes | None, int, int] | None = None
         self.waiting_for_keyframe = True
@@ -63,6 +111,8 @@ class StreamDecoder:
         if pkt.width and pkt.height:
             ctx.width, ctx.height = pkt.width, pkt.height
         ctx.thread_count = self.threads
+        # FFmpeg refuses a frame over this many pixels before it allocates it (a small packet can declare 16000x16000)
+        ctx.options = {"max_pixels": str(self.limits.pixels_for(pkt))}
         self._ctx = ctx
         self._key = (pkt.codec, pkt.extradata, pkt.width, pkt.height)
         log.debug("opened decoder stream=%s codec=%s %dx%d", self.stream_id, pkt.codec, pkt.width, pkt.height)
@@ -71,6 +121,7 @@ class StreamDecoder:
         """Decode one packet; returns the frames it completes (zero or more, presentation order)."""
         frames: list[DecodedFrame] = []
         if pkt.keyframe:
+            self.limits.check(self.stream_id, pkt)
             key = (
                 pkt.codec,
                 pkt.extradata if pkt.extradata is not None else (self._key[1] if self._key else None),
@@ -100,6 +151,14 @@ class StreamDecoder:
             out = self._ctx.decode(packet)
         except (av.error.FFmpegError, ValueError) as exc:
             raise DecodeError(f"stream {self.stream_id}: packet seq={pkt.seq} failed to decode: {exc}") from exc
+        declared = self._key[2:] if self._key is not None else (0, 0)
+        for f in out:
+            if declared[0] and declared[1] and (f.width > declared[0] or f.height > declared[1]):
+                raise DecodeError(
+                    f"stream {self.stream_id}: packet seq={pkt.seq} decoded to {f.width}x{f.height}, larger than the "
+                    f"declared {declared[0]}x{declared[1]}",
+                    "frame_size_mismatch",
+                )
         frames.extend(self._convert(out, pkt.time_base))
         return frames
 

@@ -16,7 +16,7 @@ from ..events.schema import FrameEvent, StreamSummary
 from ..faces.detector import FaceDetector
 from ..video.ingest import iter_stream_messages
 from .pipeline import EmotionClassifier, Pipeline, Source
-from .runtime import make_temporal
+from .runtime import decode_limits, make_temporal
 from .stages import StageTimes
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def run_local(
         stages=result.stages,  # offline: batch by size only
         temporal=make_temporal(settings, engine, emotion_head),
         emotion_head=emotion_head,
+        decode_limits=decode_limits(settings),
     )
     t0 = time.perf_counter()
     offset = 0

@@ -31,6 +31,7 @@ from ..engines.base import Engine
 from ..events.schema import StreamEnd, StreamStart, TrackState, VideoPacket
 from ..faces.detector import FaceDetector
 from ..ops.metrics import PipelineObserver
+from ..video.decode import DecodeLimits
 from .batcher import Batcher
 from .face_finder import FaceFinder, TrackedFaces
 from .finisher import Done, Emit, EmotionClassifier, Fail, Finisher
@@ -68,11 +69,12 @@ class Pipeline:
         fail: Fail | None = None,
         max_streams: int | None = None,
         worker_id: str = "",
+        decode_limits: DecodeLimits | None = None,
     ) -> None:
         self.engine = engine
         self.temporal = temporal
         self.stages = stages or StageTimes()
-        self.table = StreamTable(decoder_threads=decoder_threads, max_streams=max_streams)
+        self.table = StreamTable(decoder_threads=decoder_threads, max_streams=max_streams, limits=decode_limits)
         self.queue = WorkQueue()
         tracks = schedule = tracked = None
         if temporal is not None:

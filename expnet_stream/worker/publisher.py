@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ..config.settings import WorkerSettings
@@ -33,6 +35,7 @@ class WorkerStats:
     summaries: int = 0
     aggregates: int = 0
     dead_letters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dead_letters_unsent: int = 0
     commits: int = 0
     rewinds: int = 0
     idle_closed: int = 0
@@ -74,21 +77,43 @@ def make_dead_letter(
     settings: WorkerSettings,
 ) -> DeadLetter:
     """The dead letter of input record ``source``: its reason, a detail of at most 2000 characters, and the record's
-    bytes up to ``dlq_max_value_bytes`` (a bigger one keeps the pointer: topic, partition, offset, and its size)."""
-    size = len(value) if value is not None else 0
+    key and value up to ``dlq_max_key_bytes`` / ``dlq_max_value_bytes`` (a bigger one keeps the pointer: topic,
+    partition, offset, with its size and SHA-256), so the letter always fits the producer's request limit."""
+    key_copy, key_hash = _capped(key, settings.dlq_max_key_bytes)
+    value_copy, value_hash = _capped(value, settings.dlq_max_value_bytes)
     return DeadLetter(
         reason=reason,
         detail=detail[:2000],
         source_topic=topic,
         source_partition=source.partition,
         source_offset=source.offset,
-        key=key,
-        value=value if size <= settings.dlq_max_value_bytes else None,
-        value_size=size,
+        key=key_copy,
+        key_size=None if key is None else len(key),
+        key_sha256=key_hash,
+        value=value_copy,
+        value_size=0 if value is None else len(value),
+        value_sha256=value_hash,
         stream_id=stream_id,
         worker_id=settings.worker_id,
         time=time.time(),
     )
+
+
+def _capped(data: bytes | None, limit: int) -> tuple[bytes | None, str | None]:
+    """``data`` itself up to ``limit`` bytes; else None and its SHA-256."""
+    if data is None or len(data) <= limit:
+        return data, None
+    return None, hashlib.sha256(data).hexdigest()
+
+
+def letter_key(stream_id: str | None, key: bytes | None, limit: int) -> bytes | None:
+    """The Kafka key of a dead letter: the stream id when known (a stream's letters stay together), else the record's
+    key if small, else its SHA-256."""
+    if stream_id is not None:
+        return stream_id.encode()
+    if key is None or len(key) <= limit:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
 
 
 class Publisher:
@@ -111,24 +136,33 @@ class Publisher:
         self.stages = stages
         self.transactional = settings.delivery == "exactly_once"
         self._futures: list[Any] = []  # required sends since the last confirm
+        self._letters: list[Any] = []  # dead letters since the last confirm: logged when lost, never fatal
         self._best_effort: list[Any] = []
         self._in_txn = False
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, *, required: bool = True
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        *,
+        required: bool = True,
+        letter: bool = False,
     ) -> None:
         """Send one record; a ``required`` one must be acknowledged before the next commit (else the worker stops
-        without committing), a best-effort one (worker state) only logs its failure."""
+        without committing), a best-effort one (worker state) only logs its failure, a ``letter`` logs and counts
+        it (its record is released all the same: a letter the broker refuses must not stop the worker for good)."""
         if self.transactional and not self._in_txn:
             self.producer.begin_transaction()
             self._in_txn = True
         future = self.producer.send(topic, key=key, value=value, partition=partition)
-        (self._futures if required else self._best_effort).append(future)
+        (self._letters if letter else self._futures if required else self._best_effort).append(future)
 
     @property
     def unconfirmed(self) -> bool:
         """Required sends not confirmed yet."""
-        return bool(self._futures)
+        return bool(self._futures or self._letters)
 
     def publish(self, event: FrameEvent | StreamSummary | EmotionAggregate) -> None:
         """An output event to its topic (aggregates to the emotions topic), keyed by stream id."""
@@ -160,7 +194,15 @@ class Publisher:
         letter = make_dead_letter(
             self.topics.input, source, reason, detail, stream_id, key=key, value=value, settings=self.settings
         )
-        self.send(self.topics.dlq, key, encode(letter))
+        try:
+            self.send(
+                self.topics.dlq,
+                letter_key(stream_id, key, self.settings.dlq_max_key_bytes),
+                encode(letter),
+                letter=True,
+            )
+        except KafkaError as exc:  # refused before it was queued (e.g. larger than max_request_size)
+            self._unsent(1, exc)
         self.stats.dead_letters[reason] += 1
         self.metrics.dead_letter(reason)
         log.warning(
@@ -178,6 +220,10 @@ class Publisher:
             self.producer.flush()
         failed = [f for f in self._futures if f.failed()]
         self._futures.clear()
+        unsent = [f for f in self._letters if f.failed()]
+        self._letters.clear()
+        if unsent:
+            self._unsent(len(unsent), unsent[0].exception)
         lost = [f for f in self._best_effort if f.failed()]
         self._best_effort = [f for f in self._best_effort if not f.is_done]
         if lost:
@@ -192,6 +238,13 @@ class Publisher:
                 f"{len(failed)} event(s) were not acknowledged by the broker ({failed[0].exception!r}); "
                 "stopping without committing: the next owner resumes from the last commit"
             )
+
+    def _unsent(self, n: int, exc: BaseException | None) -> None:
+        self.stats.dead_letters_unsent += n
+        self.metrics.dead_letter_unsent(n)
+        log.error(
+            "%d dead letter(s) not stored (%r); their records are released all the same (see the log above)", n, exc
+        )
 
     def commit_transaction(self, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any) -> None:
         """Commit the input offsets inside the open transaction with what was produced in it."""

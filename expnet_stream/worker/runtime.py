@@ -14,6 +14,7 @@ from ..engines import create_engine
 from ..engines.base import Engine
 from ..errors import EngineError
 from ..faces.detector import FaceDetector
+from ..video.decode import DecodeLimits
 from .pipeline import EmotionClassifier
 
 DEFAULT_MODEL = "default"
@@ -167,3 +168,9 @@ def make_temporal(
         return None
     labels = tuple(emotion_head.classes) if emotion_head is not None else None
     return StreamTemporal(settings.temporal, engine.model_id, emotion_labels=labels)
+
+
+def decode_limits(settings: WorkerSettings) -> DecodeLimits:
+    """What a stream may ask the worker's decoders for (``decode`` settings)."""
+    d = settings.decode
+    return DecodeLimits(frozenset(d.codecs), d.max_pixels, d.max_extradata_bytes)

@@ -24,6 +24,16 @@ from .streams import StreamState
 log = logging.getLogger(__name__)
 
 
+def ensure_input_topic(settings: WorkerSettings) -> None:
+    """The input topic exists, with ``topics.input_partitions``, before the worker subscribes: a worker started first
+    serves an ingester started later (the topic an ingester auto-creates on a fresh broker is not found by a
+    subscribed consumer for minutes). Without rights to create topics it says so and waits for the topic."""
+    try:
+        create_topics(settings.kafka, {settings.topics.input: settings.topics.input_partitions}, timeout_s=5.0)
+    except (KafkaError, BrokerError) as exc:
+        log.warning("cannot create input topic %s (%s): waiting for it to appear", settings.topics.input, exc)
+
+
 def ensure_state_topic(settings: WorkerSettings, consumer: KafkaConsumer) -> bool:
     """The worker-state topic exists (created like the input topic if missing); False when it is not needed
     (tracking off) or cannot be had."""

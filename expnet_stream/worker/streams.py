@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from ..errors import DecodeError
 from ..events.schema import TrackState
-from ..video.decode import StreamDecoder
+from ..video.decode import DecodeLimits, StreamDecoder
 
 
 class Source(NamedTuple):
@@ -24,6 +24,9 @@ class Source(NamedTuple):
 
 
 NO_SOURCE = Source(-1, -1)
+
+FUTURE_SLACK_S = 5.0
+"""How far ahead of the worker's clock a producer's capture time may count (clock skew between hosts)."""
 
 
 @dataclass
@@ -87,9 +90,12 @@ class StreamTable:
     """The open streams by id, at most ``max_streams``; a stream met mid-way (a takeover) gets its carried track
     state."""
 
-    def __init__(self, *, decoder_threads: int = 1, max_streams: int | None = None) -> None:
+    def __init__(
+        self, *, decoder_threads: int = 1, max_streams: int | None = None, limits: DecodeLimits | None = None
+    ) -> None:
         self.decoder_threads = decoder_threads
         self.max_streams = max_streams
+        self.limits = limits
         self.streams: dict[str, StreamState] = {}
         #: last track states of streams a takeover replays (from the rewind scan), by stream id
         self.carried: dict[str, TrackState] = {}
@@ -104,7 +110,7 @@ class StreamTable:
         if not replace:
             self.check_capacity(stream_id)
         state = self.streams[stream_id] = StreamState(
-            stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads)
+            stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads, limits=self.limits)
         )
         return state
 
@@ -132,9 +138,10 @@ class StreamTable:
 
     def saw_capture(self, state: StreamState, partition: int, capture_time: float) -> None:
         """Advance the stream's and its partition's stream time. ``capture_time`` is the producer's clock: one from
-        the future (a skewed or hostile producer) must not make every other stream of the partition look silent, so
-        it counts as at most a minute ahead of ours."""
-        capture = min(capture_time, time.time() + 60.0)
+        the future (a skewed or hostile producer) must not make the other streams of the partition look silent, so
+        it counts as at most ``FUTURE_SLACK_S`` ahead of ours, far below any idle limit (``idle.stream_s`` is 30 s;
+        before, a minute was allowed and one packet closed every stream of its partition)."""
+        capture = min(capture_time, time.time() + FUTURE_SLACK_S)
         state.last_capture = max(state.last_capture, capture)
         self.partition_time[partition] = max(self.partition_time.get(partition, 0.0), capture)
 

@@ -43,9 +43,9 @@ from .partitions import PartitionManager, input_drained
 from .pipeline import EmotionClassifier, Pipeline, Source
 from .publisher import Publisher, WorkerStats, make_producer
 from .resume import RewindScans
-from .runtime import make_temporal
+from .runtime import decode_limits, make_temporal
 from .stages import StageTimes
-from .state_topic import StateTopic
+from .state_topic import StateTopic, ensure_input_topic
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -95,6 +95,7 @@ class Worker:
             fail=self._fail_source,
             max_streams=settings.max_streams,
             worker_id=settings.worker_id,
+            decode_limits=decode_limits(settings),
         )
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
@@ -119,6 +120,9 @@ class Worker:
                 fetch_max_bytes=max(16 * 1024 * 1024, settings.max_packet_bytes * 2),
                 request_timeout_ms=kafka.request_timeout_ms,
                 fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+                # a worker started before its input topic exists finds it within seconds once an ingester creates it
+                # (kafka-python's default refresh is 5 minutes)
+                metadata_max_age_ms=5000,
             )
         except KafkaError as exc:
             self.health.set_broker_reachable(False)
@@ -127,6 +131,7 @@ class Worker:
         self.publisher = Publisher(settings, producer, stages=self.stages, **ctx)
         self.commits = CommitManager(settings, self.consumer, self.publisher, **ctx)
         self.partitions = PartitionManager(settings, self.consumer, self.pipeline, self.commits, self.scans, **ctx)
+        ensure_input_topic(settings)
         self.consumer.subscribe([settings.topics.input], listener=self.partitions.listener())
         stages = (self.consumer, self.pipeline, self.partitions, self.commits, self.publisher)
         self.state_topic = StateTopic(settings, *stages)
@@ -172,12 +177,18 @@ class Worker:
         self.commits.ledger.consumed(source)
         self._record_stream = None
         try:
-            self._handle_record(record, source, replay)
-        except DecodeError as exc:
-            self._reject(record, exc.reason, str(exc), self._record_stream)
-        except Exception as exc:  # one record must never stop the worker
-            log.exception("partition=%d offset=%d: unexpected error while handling the record", *source)
-            self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", self._record_stream)
+            try:
+                self._handle_record(record, source, replay)
+            except DecodeError as exc:
+                self._reject(record, exc.reason, str(exc), self._record_stream)
+            except Exception as exc:  # one record must never stop the worker
+                log.exception("partition=%d offset=%d: unexpected error while handling the record", *source)
+                self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", self._record_stream)
+        except Exception:  # not even its dead letter could be written: logged, counted, released
+            log.exception("partition=%d offset=%d: cannot dead-letter the record; releasing it", *source)
+            self.stats.dead_letters_unsent += 1
+            self.metrics.dead_letter_unsent()
+            self.commits.ledger.done([source])
 
     def _handle_record(self, record: Any, source: Source, replay: bool) -> None:
         if record.value is None:

@@ -378,12 +378,16 @@ def test_kill9_takeover_keeps_track_ids_and_rebuilds_open_windows(
     a = start_worker(cfg_a, tmp_path / "a.log")
     b = None
     try:
-        _send_all(_producer(broker.bootstrap), settings.topics.input, [(b"gap", encode(m)) for m in messages])
+        producer = _producer(broker.bootstrap)
+        # the owner gets the stream up to packet 150 only, so it is killed mid-stream however fast it runs
+        head, tail = messages[:151], messages[151:]
+        _send_all(producer, settings.topics.input, [(b"gap", encode(m)) for m in head])
         assert out.wait(lambda ev: sum(isinstance(e, FrameEvent) for e in ev) >= 120, 120), "no progress"
         time.sleep(0.5)  # a commit and a track state after frame 120
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=10)
         t_kill = time.time()
+        _send_all(producer, settings.topics.input, [(b"gap", encode(m)) for m in tail])
         b = start_worker(cfg_b, tmp_path / "b.log")
         assert out.wait(lambda ev: any(isinstance(e, StreamSummary) for e in ev), 120), "stream unfinished"
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import msgpack
@@ -184,3 +185,32 @@ def test_to_jsonable_gives_float_coefficients() -> None:
     assert data["faces"][0]["coeffs"][0] == pytest.approx(-1.0)
     assert len(data["faces"][0]["coeffs"]) == 29
     json.dumps(data)
+
+
+def test_a_forged_track_state_with_absurd_ids_is_refused() -> None:
+    """Track ids a takeover would adopt are bounded (issue 22: a forged state once set ids near 2**63)."""
+    from expnet_stream.events.schema import MAX_TRACK_ID, TrackState
+
+    ok = {"stream_id": "s", "frame_seq": 1, "pts_time": 0.0, "tracks": [(3, 0, 0, 5, 5)], "next_id": 4}
+    state = TrackState(**ok, worker_id="w", sent_time=0.0)
+    assert decode(encode(state)) == state
+    for bad in ({"next_id": 2**63 - 3}, {"tracks": [(MAX_TRACK_ID + 1, 0, 0, 5, 5)]}, {"tracks": [(-2, 0, 0, 5, 5)]}):
+        raw = msgpack.packb({**state.model_dump(), **bad, "v": 1}, use_bin_type=True)
+        with pytest.raises(SchemaError) as err:
+            decode(raw)
+        assert err.value.reason == "invalid_fields"
+
+
+def test_a_dead_letter_keeps_the_size_and_hash_of_what_it_does_not_copy() -> None:
+    from expnet_stream.config.settings import WorkerSettings
+    from expnet_stream.worker.publisher import letter_key, make_dead_letter
+    from expnet_stream.worker.streams import Source
+
+    settings = WorkerSettings(dlq_max_key_bytes=4, dlq_max_value_bytes=4)
+    key, value = b"k" * 9, b"v" * 9
+    letter = make_dead_letter("in", Source(0, 1), "not_msgpack", "d", None, key=key, value=value, settings=settings)
+    assert letter.key is None and letter.key_size == 9 and letter.key_sha256 == hashlib.sha256(key).hexdigest()
+    assert letter.value is None and letter.value_size == 9 and letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert len(encode(letter)) < 600 and decode(encode(letter)) == letter
+    assert letter_key("cam", key, 4) == b"cam" and letter_key(None, b"ab", 4) == b"ab"
+    assert letter_key(None, key, 4) == hashlib.sha256(key).hexdigest().encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -189,7 +190,7 @@ def test_ready_without_partitions_when_configured() -> None:
 def test_unknown_path_and_port_in_use(served: tuple[WorkerMetrics, WorkerHealth, FakeClock, HealthServer]) -> None:
     metrics, health, _, server = served
     assert _get(server.url + "/nope")[0] == 404
-    with pytest.raises(ConfigError, match="metrics_port"):
+    with pytest.raises(ConfigError, match=r"metrics_port.*--metrics-port 0"):  # taken: says how to pick a free one
         HealthServer(metrics.registry, health.snapshot, host="127.0.0.1", port=server.port).start()
 
 
@@ -216,7 +217,7 @@ def test_secrets_never_in_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_ops_settings_defaults_and_validation() -> None:
     s = OpsSettings()
     assert s.metrics_host == "127.0.0.1" and s.metrics_port == 9400 and s.metrics_enabled
-    assert not OpsSettings(metrics_port=0).metrics_enabled
+    assert not OpsSettings(metrics_enabled=False).metrics_enabled and OpsSettings(metrics_port=0).metrics_enabled
     with pytest.raises(ValueError, match="metrics_port"):
         OpsSettings(metrics_port=70000)
     with pytest.raises(ValueError, match="extra"):
@@ -265,9 +266,38 @@ def test_serve_ops_and_container_probe() -> None:
     from expnet_stream.ops.probe import probe
 
     metrics, health = WorkerMetrics(), WorkerHealth()
-    assert serve_ops(OpsSettings(metrics_port=0), metrics.registry, health.snapshot) is None
-    # port 0 disables serve_ops, so bind an ephemeral port through HealthServer for the probe
-    with HealthServer(metrics.registry, health.snapshot, port=0) as server:
+    assert serve_ops(OpsSettings(metrics_enabled=False), metrics.registry, health.snapshot) is None
+    server = serve_ops(OpsSettings(metrics_port=0), metrics.registry, health.snapshot)  # a free port, logged
+    assert server is not None and server.port != 0
+    with server:
         assert probe("healthz", port=server.port)  # starting counts as alive
         assert not probe("readyz", port=server.port)
     assert not probe("healthz", port=server.port, timeout_s=0.5)  # nothing listens any more
+
+
+def test_idle_connections_time_out_and_connections_are_bounded(
+    served: tuple[WorkerMetrics, WorkerHealth, FakeClock, HealthServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle connections once held a thread each for ever (300 of them, 300 threads): now each is dropped after the
+    request timeout, and connections beyond the bound are closed at once; the server keeps answering."""
+    import socket
+    import threading
+
+    from expnet_stream.ops import health as health_module
+
+    _, _, _, server = served
+    monkeypatch.setattr(health_module._Handler, "timeout", 0.5)
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(health_module.MAX_CONNECTIONS + 8)]
+    try:
+        time.sleep(0.2)
+        # one thread per connection at most up to the bound (before: one for each of them, for ever)
+        assert threading.active_count() <= threads_before + health_module.MAX_CONNECTIONS
+        time.sleep(1.0)  # past the request timeout: the idle connections are closed by the server
+        for sock in idle:
+            sock.settimeout(2.0)
+            assert sock.recv(1) == b""  # closed by the server (refused at once, or timed out)
+        assert _get(server.url + "/healthz")[0] in (200, 503)  # still serving
+    finally:
+        for sock in idle:
+            sock.close()

@@ -35,7 +35,7 @@ from expnet_stream.worker.publisher import make_dead_letter
 from expnet_stream.worker.schedule import DetectionSchedule, Sampler, scene_cut
 from expnet_stream.worker.stages import StageTimes
 from expnet_stream.worker.state_topic import due_checkpoints
-from expnet_stream.worker.streams import Source, StreamState, StreamTable
+from expnet_stream.worker.streams import FUTURE_SLACK_S, Source, StreamState, StreamTable
 from expnet_stream.worker.track_ids import TrackIdHandoff
 from expnet_stream.worker.work import FrameWork, WorkQueue
 
@@ -84,11 +84,12 @@ def test_stream_state_releases_sources_in_pts_order() -> None:
     assert state.release_all() == [Source(0, 10)] and state.outstanding == []
 
 
-def test_a_capture_time_from_the_future_counts_one_minute_ahead_at_most() -> None:
+def test_a_capture_time_from_the_future_counts_a_few_seconds_ahead_at_most() -> None:
     table = StreamTable()
     state = table.open("s", 4)
     table.saw_capture(state, 4, time.time() + 86400.0)
-    assert table.partition_time[4] <= time.time() + 61.0 and state.last_capture == table.partition_time[4]
+    assert table.partition_time[4] <= time.time() + FUTURE_SLACK_S and state.last_capture == table.partition_time[4]
+    assert IdleSettings().stream_s / 2 > FUTURE_SLACK_S  # one skewed producer cannot close the others as idle
 
 
 # ------------------------------------------------------------------------------------------------ work queue

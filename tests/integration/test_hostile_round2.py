@@ -1,0 +1,247 @@
+"""Nothing stops the fleet, round 2 (issue 22): records the schema accepts, sent as a hostile or careless producer
+would, on the real broker with real bitstreams. Each case sends a good stream alongside and asserts: the worker is
+alive, the good stream is complete and in order, the bad records are in the DLQ with their reasons, and the peak RSS
+stays within budget. Each case prints what it measured (peak RSS over the base, the longest loop stall)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from kafka import KafkaProducer, TopicPartition
+
+from expnet_stream.events.codec import encode
+from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamSummary, VideoPacket
+from expnet_stream.kafka.broker import EmbeddedBroker
+from expnet_stream.kafka.topics import ensure_topics
+from expnet_stream.video.ingest import iter_stream_messages
+from expnet_stream.worker.runtime import build_detector, build_engine
+from expnet_stream.worker.worker import Worker
+from tests.conftest import broker_settings, make_face_video
+from tests.integration.fleet_util import Collector
+
+pytestmark = pytest.mark.integration
+
+RSS_BUDGET_MB = 300.0  # peak RSS a case may add to the worker's process
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _h264_keyframe(width: int, height: int) -> bytes:
+    """One real H.264 IDR (Annex B, SPS/PPS in band) of a flat grey ``width x height`` picture."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="bgr24")
+        packets = [*stream.encode(frame), *stream.encode(None)]
+    return b"".join(bytes(p) for p in packets)
+
+
+def _png(width: int, height: int) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return bytes(data)
+
+
+def _packet(stream_id: str, data: bytes, **fields: Any) -> VideoPacket:
+    base: dict[str, Any] = {
+        "stream_id": stream_id,
+        "seq": 0,
+        "pts": 0,
+        "dts": 0,
+        "time_base": (1, 25),
+        "keyframe": True,
+        "codec": "h264",
+        "extradata": None,
+        "width": 160,
+        "height": 120,
+        "data": data,
+        "capture_time": time.time(),
+    }
+    return VideoPacket.model_validate({**base, **fields})
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hostile2") / "clip.mp4"
+    make_face_video(path, n_frames=10, blank_frames=2, size=(160, 120), gop=5)
+    return path
+
+
+class _Case:
+    """A worker in this process, a producer, and collectors of the output and dead-letter topics."""
+
+    def __init__(self, broker: EmbeddedBroker, prefix: str, onnx: Path, clip: Path, **extra: Any) -> None:
+        self.settings = broker_settings(broker, prefix, onnx, **extra)
+        ensure_topics(self.settings.kafka, self.settings.topics)
+        self.worker = Worker(self.settings, build_detector(self.settings), build_engine(self.settings))
+        self.producer = KafkaProducer(
+            bootstrap_servers=broker.bootstrap,
+            acks="all",
+            max_in_flight_requests_per_connection=1,
+            max_request_size=8 << 20,
+        )
+        self.out = Collector(broker.bootstrap, self.settings.topics.expressions)
+        self.dlq = Collector(broker.bootstrap, self.settings.topics.dlq)
+        self.clip = list(iter_stream_messages(str(clip), "good"))
+        self.n_frames = sum(isinstance(m, VideoPacket) for m in self.clip)
+        self.ids = itertools.count()
+
+    def good(self) -> tuple[str, list[tuple[bytes | None, bytes | None]]]:
+        sid = f"good{next(self.ids)}"
+        now = time.time()
+        msgs = [m.model_copy(update={"stream_id": sid}) for m in self.clip]
+        msgs = [m.model_copy(update={"capture_time": now}) if isinstance(m, VideoPacket) else m for m in msgs]
+        return sid, [(sid.encode(), encode(m)) for m in msgs]
+
+    def run(
+        self, items: list[tuple[bytes | None, bytes | None]], sid: str, bad: int, timeout_s: float = 90.0
+    ) -> dict[str, Any]:
+        """Send ``items`` (the good stream ``sid`` with ``bad`` bad records among them); step the worker until the good
+        stream's summary is out, ``bad`` new letters are in and every offset is committed."""
+        letters_before = len([e for e in self.dlq.events() if isinstance(e, DeadLetter)])
+        base = _peak_rss_mb()
+        futures = [self.producer.send(self.settings.topics.input, key=k, value=v) for k, v in items]
+        self.producer.flush()
+        ends: dict[int, int] = {}
+        for f in futures:
+            md = f.get(timeout=10)
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        stall = 0.0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            self.worker.step()
+            stall = max(stall, time.monotonic() - t0)
+            summaries = [e for e in self.out.events() if isinstance(e, StreamSummary) and e.stream_id == sid]
+            letters = [e for e in self.dlq.events() if isinstance(e, DeadLetter)][letters_before:]
+            committed = all(
+                (self.worker.consumer.committed(TopicPartition(self.settings.topics.input, p)) or 0) >= end
+                for p, end in ends.items()
+            )
+            if summaries and len(letters) >= bad and committed:
+                break
+        else:
+            pytest.fail(f"not done in {timeout_s} s: summary={bool(summaries)} letters={len(letters)}/{bad}")
+        frames = [e for e in self.out.events() if isinstance(e, FrameEvent) and e.stream_id == sid]
+        first: dict[str, int] = {}
+        for e in frames:
+            first.setdefault(e.event_id, e.frame_seq)
+        return {
+            "frames": list(first.values()),
+            "summary": summaries[-1],
+            "letters": letters,
+            "peak_rss_over_base_mb": _peak_rss_mb() - base,
+            "longest_step_s": stall,
+        }
+
+    def close(self) -> None:
+        self.worker.close()
+        self.producer.close()
+        self.out.close()
+        self.dlq.close()
+
+
+@pytest.fixture()
+def case(broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, short_clip: Path) -> Iterator[_Case]:
+    c = _Case(
+        broker,
+        topic_prefix,
+        small_onnx,
+        short_clip,
+        topics={"input_partitions": 1},
+        max_packet_bytes=4 << 20,
+        decode={"max_pixels": 1_000_000},
+    )
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _check(case: _Case, result: dict[str, Any], name: str) -> None:
+    print(
+        f"{name}: good frames {len(result['frames'])}/{case.n_frames}, "
+        f"peak RSS +{result['peak_rss_over_base_mb']:.0f} MB, "
+        f"longest loop step {result['longest_step_s'] * 1000:.0f} ms, "
+        f"letters {sorted(e.reason for e in result['letters'])}"
+    )
+    assert result["frames"] == list(range(case.n_frames)), "the good stream is complete and in order"
+    assert result["summary"].end_reason == "eof"
+    assert result["peak_rss_over_base_mb"] < RSS_BUDGET_MB
+
+
+def test_a_letter_too_big_for_the_broker_never_kills_the_worker(case: _Case) -> None:
+    """An 850 KB key on a non-msgpack value: the letter keeps the key's size and hash, not the key (before: the key went
+    into the letter twice, the send failed with MessageSizeTooLargeError, and the restarted worker died on it again)."""
+    sid, good = case.good()
+    key = b"k" * (850 * 1024)
+    items = [*good[:3], (key, b"\xc1 not msgpack"), *good[3:]]
+    result = case.run(items, sid, bad=1)
+    _check(case, result, "850 KB key")
+    (letter,) = result["letters"]
+    assert letter.reason == "not_msgpack" and letter.key is None
+    assert letter.key_size == len(key) and letter.key_sha256 == hashlib.sha256(key).hexdigest()
+
+
+def test_decode_bombs_are_refused_before_they_cost(case: _Case) -> None:
+    """A 2048x2048 IDR declared 256x256 (FFmpeg refuses a frame larger than declared before it allocates it), one
+    declared beyond max_pixels, a PNG "video" (codec not allowed), 1 MiB of extradata."""
+    sid, good = case.good()
+    idr = _h264_keyframe(2048, 2048)
+    bombs = [
+        _packet("bomb-small-declared", idr, width=256, height=256),
+        _packet("bomb-declared", idr, width=2048, height=2048),
+        _packet("png", _png(4096, 4096), codec="png", width=4096, height=4096),
+        _packet("extradata", idr[:64], extradata=b"\x01" * (1024 * 1024)),
+    ]
+    items = list(good)
+    for i, bomb in enumerate(bombs):
+        items.insert(2 + 2 * i, (bomb.stream_id.encode(), encode(bomb)))
+    result = case.run(items, sid, bad=len(bombs))
+    _check(case, result, "decode bombs")
+    reasons = {e.stream_id: e.reason for e in result["letters"]}
+    assert reasons == {
+        "bomb-small-declared": "decode_error",
+        "bomb-declared": "too_many_pixels",
+        "png": "codec_not_allowed",
+        "extradata": "extradata_too_large",
+    }
+
+
+def test_a_clock_from_the_future_closes_no_other_stream(case: _Case) -> None:
+    """One packet of another stream with a capture time a minute ahead (before: allowed, and it closed every stream of
+    its partition as idle, the idle limit being 30 s)."""
+    sid, good = case.good()
+    skewed = _packet("skewed", b"\x00\x00\x00\x01\x41", keyframe=False, capture_time=time.time() + 60.0)
+    # the good stream is open (its start and first packets in) while the worker's idle check runs a few times
+    case.producer.send(case.settings.topics.input, key=b"skewed", value=encode(skewed))
+    for k, v in good[:3]:
+        case.producer.send(case.settings.topics.input, key=k, value=v)
+    case.producer.flush()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        case.worker.step()
+    assert sid in case.worker.pipeline.streams, "the good stream is open and not closed as idle"
+    result = case.run(good[3:], sid, bad=0)
+    _check(case, result, "capture time +60 s")
+    letters = [e for e in case.dlq.events() if isinstance(e, DeadLetter)]
+    assert [(e.stream_id, e.reason) for e in letters] == [("skewed", "before_keyframe")]  # the skewed packet itself
+    assert case.worker.stats.idle_closed == 0
