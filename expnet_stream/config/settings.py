@@ -214,7 +214,13 @@ class WorkerSettings(BaseSettings):
         1024, ge=0, description="larger record keys go to the DLQ as their size and SHA-256, without bytes"
     )
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
-    max_streams: int = Field(256, ge=1, description="open decoders per worker")
+    max_streams: int = Field(
+        256,
+        ge=1,
+        description="open decoders per worker; a new stream at the limit evicts the one that holds its slot for the "
+        "least (a stream that never sent a packet first, else the least recently active), which resumes at its next "
+        "keyframe",
+    )
     delivery: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
         description="exactly_once uses Kafka transactions (needs a broker that filters aborted transactions)",

@@ -42,6 +42,16 @@ class Intake:
         self.tracks = tracks
         self.stages = stages
         self.observer = observer
+        table.on_evict = self._evict
+
+    def _evict(self, state: StreamState) -> None:
+        """A stream evicted at max_streams: the frames its decoder holds go out, what it held finishes with them (as
+        on a restart); its next packets open a new decoder at a keyframe."""
+        if state.outstanding:
+            last = state.outstanding[-1][1]
+            self._enqueue(state, state.decoder.flush(), state.last_capture, last, False)
+        for src in state.release_all():
+            self.finisher.after_control(src)
 
     def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, replay: bool = False) -> None:
         if isinstance(msg, StreamStart):

@@ -3,8 +3,10 @@ still hold; capacity (``max_streams``); the previous owner's track states for st
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -14,6 +16,8 @@ import numpy.typing as npt
 from ..errors import DecodeError
 from ..events.schema import TrackState
 from ..video.decode import DecodeLimits, StreamDecoder
+
+log = logging.getLogger(__name__)
 
 
 class Source(NamedTuple):
@@ -101,6 +105,9 @@ class StreamTable:
         self.carried: dict[str, TrackState] = {}
         #: newest packet capture_time per input partition ("stream time" for idle detection)
         self.partition_time: dict[int, float] = {}
+        #: called with a stream evicted at max_streams, before it is forgotten (the intake flushes it)
+        self.on_evict: Callable[[StreamState], None] | None = None
+        self.evicted = 0
 
     def get(self, stream_id: str) -> StreamState | None:
         return self.streams.get(stream_id)
@@ -124,12 +131,26 @@ class StreamTable:
         return state, True
 
     def check_capacity(self, stream_id: str) -> None:
-        if self.max_streams is not None and len(self.streams) >= self.max_streams:
+        """Make room for a new stream at ``max_streams``: the stream that holds its slot for the least is evicted
+        (:attr:`on_evict` flushes it; it resumes at its next keyframe when it sends again): first one that never sent
+        a packet (a flood of bare ``stream_start`` cannot hold every slot), else the least recently active. Without
+        an ``on_evict`` the new stream is refused (``too_many_streams``)."""
+        if self.max_streams is None or len(self.streams) < self.max_streams:
+            return
+        if self.on_evict is None:
             raise DecodeError(
-                f"stream {stream_id}: {len(self.streams)} streams are open (max_streams); it waits until one ends or "
-                "idles out",
-                "too_many_streams",
+                f"stream {stream_id}: {len(self.streams)} streams are open (max_streams)", "too_many_streams"
             )
+        victim = min(self.streams.values(), key=lambda st: (st.counters.packets > 0, st.last_seen))
+        log.warning(
+            "stream=%s evicted to make room for stream=%s (max_streams=%d); it resumes at its next keyframe",
+            victim.stream_id,
+            stream_id,
+            self.max_streams,
+        )
+        self.evicted += 1
+        self.on_evict(victim)
+        self.close(victim)
 
     def close(self, state: StreamState) -> None:
         """Forget the stream if this state is still its current one (a restart may have replaced it)."""

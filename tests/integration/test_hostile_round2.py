@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 
 from expnet_stream.events.codec import encode
-from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamSummary, VideoPacket
+from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamStart, StreamSummary, VideoPacket
 from expnet_stream.kafka.broker import EmbeddedBroker
 from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
@@ -169,6 +169,7 @@ def case(broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, short_clip
         topics={"input_partitions": 1},
         max_packet_bytes=4 << 20,
         decode={"max_pixels": 1_000_000},
+        max_streams=3,
     )
     try:
         yield c
@@ -245,3 +246,25 @@ def test_a_clock_from_the_future_closes_no_other_stream(case: _Case) -> None:
     letters = [e for e in case.dlq.events() if isinstance(e, DeadLetter)]
     assert [(e.stream_id, e.reason) for e in letters] == [("skewed", "before_keyframe")]  # the skewed packet itself
     assert case.worker.stats.idle_closed == 0
+
+
+def test_a_flood_of_bare_stream_starts_holds_no_slot(case: _Case) -> None:
+    """30 ``stream_start`` records of streams that never send a packet, at max_streams=3, around a good stream (before:
+    they held every slot and the good stream got 0 of its frames: its packets were dead-lettered)."""
+    sid, good = case.good()
+    flood = [
+        (
+            f"flood{i}".encode(),
+            encode(
+                StreamStart(
+                    stream_id=f"flood{i}", codec="h264", width=160, height=120, time_base=(1, 25), sent_time=time.time()
+                )
+            ),
+        )
+        for i in range(30)
+    ]
+    items = [*flood[:10], *good[:2], *flood[10:20], *good[2:6], *flood[20:], *good[6:]]
+    result = case.run(items, sid, bad=0)
+    _check(case, result, "30 bare stream_starts at max_streams=3")
+    assert not [e for e in case.dlq.events() if isinstance(e, DeadLetter)]
+    assert case.worker.pipeline.table.evicted >= 28

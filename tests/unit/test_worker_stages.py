@@ -72,6 +72,22 @@ def test_stream_table_capacity_resume_and_release() -> None:
     assert sorted(table.drop_partitions({0})) == ["a", "d"] and table.streams == {}
 
 
+def test_at_capacity_a_bare_start_is_evicted_before_a_stream_that_sends() -> None:
+    table = StreamTable(max_streams=2)
+    evicted: list[str] = []
+    table.on_evict = lambda st: evicted.append(st.stream_id)
+    sending, _ = table.resume("cam", 0)
+    sending.counters.packets = 5
+    table.open("bare", 0)
+    table.open("flood1", 0)  # full: the bare start goes, not the stream that sends
+    table.open("flood2", 0)
+    assert evicted == ["bare", "flood1"] and sorted(table.streams) == ["cam", "flood2"] and table.evicted == 2
+    table.streams["flood2"].counters.packets = 1
+    sending.last_seen, table.streams["flood2"].last_seen = 10.0, 20.0
+    table.open("new", 0)  # every stream sends: the least recently active goes
+    assert evicted[-1] == "cam"
+
+
 def test_stream_state_releases_sources_in_pts_order() -> None:
     state = StreamTable().open("s", 0)
     state.hold(3, Source(0, 10))  # B-frames: decode order 3, 1, 2
