@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from .config.settings import KafkaSettings
+
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 20
@@ -101,6 +103,14 @@ class Subscriber:
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot subscribe to {topic} at {bootstrap}: {exc}") from exc
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings, topic: str, **kwargs: Any) -> Subscriber:
+        """A subscriber that connects as the worker settings say: bootstrap servers and the whole security
+        configuration (SASL, SSL, mutual TLS), so a secured cluster needs no kafka-python argument names."""
+        kw = kafka.client_kwargs()
+        servers = kw.pop("bootstrap_servers")
+        return cls(servers, topic, **kw, **kwargs)
 
     def poll(self, timeout_s: float = 0.5) -> list[Received]:
         """Events that arrived within ``timeout_s`` (possibly none)."""

@@ -149,7 +149,7 @@ def _topic_events(args: argparse.Namespace) -> tuple[list[FrameEvent], str, bool
     events: list[FrameEvent] = []
     others: set[str] = set()
     summary = False
-    with Subscriber(settings.kafka.bootstrap, topic, group_id=None, from_beginning=True, dedupe=True) as sub:
+    with Subscriber.from_settings(settings.kafka, topic, group_id=None, from_beginning=True, dedupe=True) as sub:
         for item in sub.iter(timeout_s=args.timeout, idle_s=args.idle):
             ev = item.event
             sid = getattr(ev, "stream_id", None)

@@ -107,8 +107,8 @@ def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list
             ingest_errors.append(f"{sid}: {exc}")
 
     # a short fetch wait: brokers like Tansu hold a waiting fetch for the whole wait even when data arrives
-    sub = Subscriber(settings.kafka.bootstrap, settings.topics.expressions, dedupe=True, fetch_max_wait_ms=20)
-    agg_sub = Subscriber(settings.kafka.bootstrap, settings.topics.emotions, dedupe=True, fetch_max_wait_ms=20)
+    sub = Subscriber.from_settings(settings.kafka, settings.topics.expressions, dedupe=True, fetch_max_wait_ms=20)
+    agg_sub = Subscriber.from_settings(settings.kafka, settings.topics.emotions, dedupe=True, fetch_max_wait_ms=20)
     aggregates: list[EmotionAggregate] = []
     worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     t_start = time.time()

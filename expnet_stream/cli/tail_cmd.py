@@ -8,13 +8,15 @@ import json
 import sys
 
 from ..kafka.reach import require_broker
+from .common import BOOTSTRAP_HELP, CONFIG_HELP, kafka_overrides
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``tail`` command to the ``expnet-stream`` parser."""
     s = subparsers.add_parser("tail", help="print decoded events of a topic")
     s.add_argument("topic", help="topic to read, e.g. expnet.expressions, expnet.emotions or expnet.dlq")
-    s.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers, host:port[,host:port]")
+    s.add_argument("--config", default=None, help=CONFIG_HELP + "; its kafka section (SASL, SSL, mTLS) connects")
+    s.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     s.add_argument("--group", default=None, help="consumer group (default: none, read every partition)")
     s.add_argument("--from-beginning", action="store_true", help="read the topic from its start (default: new events)")
     s.add_argument("--json", action="store_true", help="JSON lines (coefficients as floats)")
@@ -35,10 +37,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from ..client import Subscriber
+    from ..config.settings import load_settings
     from ..events.codec import to_jsonable
     from ..events.schema import FrameEvent
 
-    require_broker(args.bootstrap)
+    kafka = load_settings(args.config, kafka_overrides(args)).kafka
+    require_broker(kafka.bootstrap)
     n = 0
     sink = None
     if args.out is not None:
@@ -47,8 +51,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # created before subscribing, so a missing pyarrow fails at once; closed (a complete file) on any exit
         sink = ParquetSink(args.out)
     try:
-        with Subscriber(
-            args.bootstrap,
+        with Subscriber.from_settings(
+            kafka,
             args.topic,
             group_id=args.group,
             from_beginning=args.from_beginning,

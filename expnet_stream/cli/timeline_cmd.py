@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .common import BOOTSTRAP_HELP, CONFIG_HELP, kafka_overrides
+
 if TYPE_CHECKING:
     from ..aggregate.plot import TimelineEvent
+    from ..config.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("source", metavar="TOPIC_OR_FILE", help="expressions topic, or a `run --out` .jsonl/.msgpack file")
     s.add_argument("--stream", default=None, help="stream id (default: the only stream in the events)")
     s.add_argument("--out", required=True, help="PNG file to write")
-    s.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers (topic sources)")
+    s.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP + " (topic sources)")
+    s.add_argument("--config", default=None, help=CONFIG_HELP + "; its kafka section (SASL, SSL, mTLS) connects")
     s.add_argument(
         "--aggregates-topic",
         default=None,
@@ -51,13 +55,15 @@ def _is_file(source: str) -> bool:
     return Path(source).is_file() or source.endswith(_FILE_SUFFIXES)
 
 
-def _read_topic(bootstrap: str, topic: str, stream_id: str | None, timeout: float, idle: float) -> list[TimelineEvent]:
+def _read_topic(
+    kafka: KafkaSettings, topic: str, stream_id: str | None, timeout: float, idle: float
+) -> list[TimelineEvent]:
     from ..client import Subscriber
     from ..events.aggregate_schema import EmotionAggregate
     from ..events.schema import FrameEvent, StreamSummary
 
     out: list[TimelineEvent] = []
-    with Subscriber(bootstrap, topic, group_id=None, from_beginning=True, dedupe=True) as sub:
+    with Subscriber.from_settings(kafka, topic, group_id=None, from_beginning=True, dedupe=True) as sub:
         for item in sub.iter(timeout_s=timeout, idle_s=idle):
             ev = item.event
             if stream_id is not None and getattr(ev, "stream_id", None) != stream_id:
@@ -73,13 +79,17 @@ def _read_topic(bootstrap: str, topic: str, stream_id: str | None, timeout: floa
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     from ..aggregate.plot import load_events, plot_timeline
+    from ..config.settings import load_settings
+
+    def kafka() -> KafkaSettings:
+        return load_settings(args.config, kafka_overrides(args)).kafka
 
     if _is_file(args.source):
         events = load_events(args.source)
     else:
-        events = _read_topic(args.bootstrap, args.source, args.stream, args.timeout, args.idle)
+        events = _read_topic(kafka(), args.source, args.stream, args.timeout, args.idle)
     if args.aggregates_topic:
-        events += _read_topic(args.bootstrap, args.aggregates_topic, None, args.timeout, args.idle)
+        events += _read_topic(kafka(), args.aggregates_topic, None, args.timeout, args.idle)
     summary = plot_timeline(events, args.stream, args.out, bin_s=args.bin, n_coeffs=args.coeffs)
     report = {
         "out": str(args.out),

@@ -8,6 +8,7 @@ from (``expnet-stream config show``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from contextvars import ContextVar
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -29,6 +30,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger(__name__).warning(message)
+
+
 class KafkaSettings(_Section):
     bootstrap: str = Field("127.0.0.1:9092", description="comma-separated bootstrap servers")
     client_id: str = Field("expnet-stream", description="Kafka client id prefix")
@@ -36,7 +46,11 @@ class KafkaSettings(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = Field(None, description="SASL password (masked in every printout)")
-    ssl_cafile: Path | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)")
+    ssl_certfile: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    ssl_keyfile: Path | None = Field(None, description="client private key (PEM) for mutual TLS")
+    ssl_password: SecretStr | None = Field(None, description="password of the client key (masked in every printout)")
+    ssl_check_hostname: bool = Field(True, description="check that the broker's certificate names its host")
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_records: int = Field(64, ge=1, description="records per poll")
@@ -64,9 +78,30 @@ class KafkaSettings(_Section):
             kw["sasl_mechanism"] = self.sasl_mechanism
             kw["sasl_plain_username"] = self.sasl_username
             kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.ssl_cafile:
-            kw["ssl_cafile"] = str(self.ssl_cafile)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kw["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    kw[name] = str(getattr(self, name))
+            if self.ssl_password is not None:
+                kw["ssl_password"] = self.ssl_password.get_secret_value()
         return kw
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("kafka.ssl_keyfile needs kafka.ssl_certfile (mutual TLS)")
+        if (self.ssl_certfile or self.ssl_cafile) and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(
+                f"kafka.ssl_* files are set but kafka.security_protocol is {self.security_protocol}: "
+                "use SSL or SASL_SSL"
+            )
+        if self.security_protocol == "SASL_PLAINTEXT":
+            _warn_once(
+                "kafka.security_protocol SASL_PLAINTEXT: the SASL exchange and every record cross the network "
+                "unencrypted (with PLAIN, the password too); use SASL_SSL outside a trusted network"
+            )
+        return self
 
 
 class TopicSettings(_Section):

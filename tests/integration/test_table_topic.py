@@ -87,3 +87,9 @@ def test_tail_out_parquet_and_to_pandas_give_the_published_rows(
     assert len(set(one.column("frame_seq").to_pylist())) == 5
     assert main([*argv, "--max", "3", "--out", str(tmp_path / "three.parquet")]) == 0
     assert "3 frames" in capsys.readouterr().err
+    # --config: the settings' kafka section connects (bootstrap here; SASL/SSL/mTLS the same way)
+    cfg = tmp_path / "kafka.yaml"
+    cfg.write_text(f"kafka:\n  bootstrap: {broker.bootstrap}\n")
+    by_config = ["tail", topic, "--config", str(cfg), "--from-beginning", "--idle", "2", "--timeout", "30"]
+    assert main([*by_config, "--max", "2", "--out", str(tmp_path / "two.parquet")]) == 0
+    assert "2 frames" in capsys.readouterr().err

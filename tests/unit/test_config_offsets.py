@@ -104,3 +104,32 @@ def test_offset_tracker_never_skips_unfinished_work() -> None:
     assert t.committable() == 13
     t.done(13)
     assert t.committable() == 15 and t.pending == 0
+
+
+def test_one_security_configuration_for_every_client(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SASL, SSL and mutual TLS from the settings reach every Kafka client (worker, ingest, tail, timeline, annotate,
+    the demo's subscribers: all build theirs from ``KafkaSettings.client_kwargs``)."""
+    from expnet_stream.config.settings import KafkaSettings
+
+    plain = KafkaSettings(bootstrap="b:1").client_kwargs()
+    assert plain == {"bootstrap_servers": ["b:1"], "security_protocol": "PLAINTEXT"}
+    mtls = KafkaSettings(
+        bootstrap="b:1",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password="pw",
+        ssl_cafile=tmp_path / "ca.pem",
+        ssl_certfile=tmp_path / "client.pem",
+        ssl_keyfile=tmp_path / "client.key",
+        ssl_password="kp",
+    ).client_kwargs()
+    assert mtls["ssl_certfile"] == str(tmp_path / "client.pem") and mtls["ssl_keyfile"] == str(tmp_path / "client.key")
+    assert mtls["ssl_password"] == "kp" and mtls["ssl_check_hostname"] is True and mtls["sasl_plain_password"] == "pw"
+    with pytest.raises(ValueError, match=r"ssl_keyfile needs kafka\.ssl_certfile"):
+        KafkaSettings(security_protocol="SSL", ssl_keyfile=tmp_path / "k")
+    with pytest.raises(ValueError, match="use SSL or SASL_SSL"):  # TLS files on a plaintext connection: a mistake
+        KafkaSettings(ssl_cafile=tmp_path / "ca.pem")
+    with caplog.at_level("WARNING"):
+        KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u")
+    assert "unencrypted" in caplog.text
