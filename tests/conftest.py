@@ -134,6 +134,7 @@ def broker_settings(broker: EmbeddedBroker, prefix: str, onnx: Path, **extra: An
             "expressions": f"{prefix}.expr",
             "emotions": f"{prefix}.emo",
             "dlq": f"{prefix}.dlq",
+            "state": f"{prefix}.state",
             "input_partitions": 2,
         },
         "model": {"onnx": str(onnx)},

@@ -87,7 +87,17 @@ class IdleWatch:
             except ValueError as exc:  # cannot happen with validated input; never let it stop the worker
                 log.error("stream=%s: cannot write its idle marker: %s", sid, exc)
                 continue
-            self.publisher.send(self.topic, sid.encode(), encode(marker), partition=p)
+            # best effort: a worker without write access to the input topic keeps running; the stream then stays
+            # open until it sends again or is evicted at max_streams
+            self.publisher.send(
+                self.topic,
+                sid.encode(),
+                encode(marker),
+                partition=p,
+                required=False,
+                if_lost="idle marker(s) not written to the input topic (does the worker lack write access?): "
+                "those streams stay open until they send again or are evicted",
+            )
             self.publisher.stats.idle_closed += 1
             log.warning(
                 "stream=%s silent (%.1f s of stream time, %.1f s wall) after packet seq=%d: closing it as idle",

@@ -137,7 +137,7 @@ class Publisher:
         self.transactional = settings.delivery == "exactly_once"
         self._futures: list[Any] = []  # required sends since the last confirm
         self._letters: list[Any] = []  # dead letters since the last confirm: logged when lost, never fatal
-        self._best_effort: list[Any] = []
+        self._best_effort: list[tuple[Any, str]] = []  # (future, what its loss means)
         self._in_txn = False
 
     def send(
@@ -149,15 +149,21 @@ class Publisher:
         *,
         required: bool = True,
         letter: bool = False,
+        if_lost: str = "worker-state record(s) not stored: a takeover may renumber tracks",
     ) -> None:
         """Send one record; a ``required`` one must be acknowledged before the next commit (else the worker stops
-        without committing), a best-effort one (worker state) only logs its failure, a ``letter`` logs and counts
-        it (its record is released all the same: a letter the broker refuses must not stop the worker for good)."""
+        without committing), a best-effort one only logs ``if_lost`` when it fails, a ``letter`` logs and counts it
+        (its record is released all the same: a letter the broker refuses must not stop the worker for good)."""
         if self.transactional and not self._in_txn:
             self.producer.begin_transaction()
             self._in_txn = True
         future = self.producer.send(topic, key=key, value=value, partition=partition)
-        (self._letters if letter else self._futures if required else self._best_effort).append(future)
+        if letter:
+            self._letters.append(future)
+        elif required:
+            self._futures.append(future)
+        else:
+            self._best_effort.append((future, if_lost))
 
     @property
     def unconfirmed(self) -> bool:
@@ -224,14 +230,13 @@ class Publisher:
         self._letters.clear()
         if unsent:
             self._unsent(len(unsent), unsent[0].exception)
-        lost = [f for f in self._best_effort if f.failed()]
-        self._best_effort = [f for f in self._best_effort if not f.is_done]
-        if lost:
-            log.warning(
-                "%d worker-state record(s) not stored (%r): a takeover may renumber tracks",
-                len(lost),
-                lost[0].exception,
-            )
+        lost: dict[str, list[Any]] = {}
+        for future, if_lost in self._best_effort:
+            if future.failed():
+                lost.setdefault(if_lost, []).append(future)
+        self._best_effort = [(f, w) for f, w in self._best_effort if not f.is_done]
+        for if_lost, futures in lost.items():
+            log.warning("%d %s (%r)", len(futures), if_lost, futures[0].exception)
         if failed:
             self.health.set_broker_reachable(False)
             raise BrokerError(

@@ -80,6 +80,9 @@ class StateTopic:
         self.commits = commits
         self.publisher = publisher
         self.available = ensure_state_topic(settings, consumer)
+        # a stream's states go to the partition that mirrors its input partition, where a taker-over reads them
+        # (resume.read_states), whatever the two topics' partition counts and the key hash
+        self.partitions_of_topic = len(consumer.partitions_for_topic(self.topic) or ()) if self.available else 0
 
     def write(self) -> None:
         """Each stream's newest track state, at most every ``track_state_interval_s`` (not during a replay: the
@@ -96,7 +99,9 @@ class StateTopic:
             if cp is None:  # pragma: no cover - due_checkpoints returns streams with one
                 continue
             msg = cp.model_copy(update={"sent_time": time.time()})
-            self.publisher.send(self.topic, cp.stream_id.encode(), encode(msg), required=False)
+            n = self.partitions_of_topic
+            partition = state.partition if n == 0 or state.partition < n else state.partition % n
+            self.publisher.send(self.topic, cp.stream_id.encode(), encode(msg), partition=partition, required=False)
             state.checkpoint = None
             state.checkpoint_sent_at = now
             self.publisher.stats.track_states += 1
