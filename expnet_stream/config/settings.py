@@ -249,6 +249,13 @@ class WorkerSettings(BaseSettings):
         1024, ge=0, description="larger record keys go to the DLQ as their size and SHA-256, without bytes"
     )
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
+    session_takeover_s: float = Field(
+        10.0,
+        gt=0,
+        description="a live stream refuses control records and packets of another ingest session; that session takes "
+        "it over (at a keyframe) once the stream has been silent this long in stream time (an ingester restarted "
+        "after a crash)",
+    )
     max_streams: int = Field(
         256,
         ge=1,

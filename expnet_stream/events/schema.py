@@ -49,13 +49,26 @@ MAX_TRACK_ID = 2**31 - 1
 TrackId = Annotated[int, Field(strict=True, ge=0, le=MAX_TRACK_ID)]
 """A track id a worker hands over (a forged state with ids near 2**63 is refused, not trusted)."""
 CodecName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+Session = Annotated[
+    str | None,
+    Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the ingest session that sent it (one per stream per ingester run); a live stream refuses "
+        "control records and packets of another session. Since v2; None: a sender without sessions",
+    ),
+]
 
 
 class StreamStart(_Event):
     """Control message on the input topic: a stream begins (sent before its first packet)."""
 
+    v: int = Field(2, description="schema version of this message")
     type: Literal["stream_start"] = "stream_start"
     stream_id: str = Field(min_length=1, max_length=256, description="stream id; also the Kafka message key")
+    session: Session = None
     codec: CodecName = Field(description="FFmpeg codec name of the packets, e.g. 'h264'")
     width: Dimension
     height: Dimension
@@ -75,8 +88,10 @@ class StreamStart(_Event):
 class VideoPacket(_Event):
     """One encoded video packet on the input topic; key = stream id."""
 
+    v: int = Field(2, description="schema version of this message")
     type: Literal["packet"] = "packet"
     stream_id: str = Field(min_length=1, max_length=256)
+    session: Session = None
     seq: int = Field(
         strict=True,
         ge=0,
@@ -98,8 +113,10 @@ class VideoPacket(_Event):
 class StreamEnd(_Event):
     """Control message on the input topic: no more packets for this stream."""
 
+    v: int = Field(2, description="schema version of this message")
     type: Literal["stream_end"] = "stream_end"
     stream_id: str = Field(min_length=1, max_length=256)
+    session: Session = None
     packets: int = Field(
         strict=True, ge=0, le=MAX_TIMESTAMP, description="number of packets the ingester sent for this stream"
     )

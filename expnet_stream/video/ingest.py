@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -71,6 +72,7 @@ class IngestStats:
     """
 
     stream_id: str
+    session: str = field(default_factory=lambda: new_session())
     packets: int = 0
     keyframes: int = 0
     bytes: int = 0
@@ -150,10 +152,17 @@ def _public_source(source: str) -> str:
     return source
 
 
+def new_session() -> str:
+    """A new ingest session id: one per stream per ingester run (a worker refuses another session's records for a
+    live stream)."""
+    return uuid.uuid4().hex[:16]
+
+
 def iter_stream_messages(
     source: str,
     stream_id: str,
     *,
+    session: str | None = None,
     realtime: bool = False,
     loops: int = 1,
     max_packets: int | None = None,
@@ -166,9 +175,12 @@ def iter_stream_messages(
     wakes up at once) with reason ``stop.reason`` when it is a :class:`StopFlag`, else ``stopped``; so does reaching
     ``max_packets``.
 
+    Every message carries ``session`` (a new one when None).
+
     Raises :class:`DecodeError` when the source cannot be opened or demuxing fails; then no end marker is yielded
     (:func:`ingest` sends one with reason ``error: ...`` for a stream it started).
     """
+    session = session or new_session()
     try:
         container = av.open(source, options={"rtsp_transport": "tcp"} if source.startswith("rtsp") else None)
     except (av.error.FFmpegError, OSError) as exc:
@@ -184,6 +196,7 @@ def iter_stream_messages(
         frame_rate = (rate.numerator, rate.denominator) if rate else None
         yield StreamStart(
             stream_id=stream_id,
+            session=session,
             codec=ctx.name,
             width=ctx.width,
             height=ctx.height,
@@ -226,6 +239,7 @@ def iter_stream_messages(
                     last_ts = max(last_ts, ts, pts or ts)
                 yield VideoPacket(
                     stream_id=stream_id,
+                    session=session,
                     seq=seq,
                     pts=pts,
                     dts=dts,
@@ -253,7 +267,7 @@ def iter_stream_messages(
             reason = getattr(stop, "reason", "stopped")
         else:
             reason = "stopped"
-        yield StreamEnd(stream_id=stream_id, packets=seq, reason=reason, sent_time=time.time())
+        yield StreamEnd(stream_id=stream_id, session=session, packets=seq, reason=reason, sent_time=time.time())
     except av.error.FFmpegError as exc:
         raise DecodeError(f"demuxing {_public_source(source)!r} failed: {exc}") from exc
     finally:
@@ -280,7 +294,13 @@ def end_stream(stats: IngestStats, publish: Publish, reason: str) -> bool:
     with stats._lock:
         if not stats.claim_end(reason):
             return False
-        end = StreamEnd(stream_id=stats.stream_id, packets=stats.packets, reason=reason, sent_time=time.time())
+        end = StreamEnd(
+            stream_id=stats.stream_id,
+            session=stats.session,
+            packets=stats.packets,
+            reason=reason,
+            sent_time=time.time(),
+        )
         try:
             stats.track(publish(stats.stream_id, encode(end)), packet=False)
         except Exception as exc:
@@ -314,7 +334,7 @@ def ingest(
     """
     stats = stats if stats is not None else IngestStats(stream_id=stream_id)
     key = stream_id
-    messages = iter_stream_messages(source, stream_id, **kwargs)
+    messages = iter_stream_messages(source, stream_id, session=stats.session, **kwargs)
     try:
         for msg in messages:
             with stats._lock:

@@ -83,7 +83,9 @@ class IdleWatch:
                 continue
             state.idle_marker_sent = True
             try:
-                marker = StreamEnd(stream_id=sid, packets=state.last_seq + 1, reason=IDLE, sent_time=time.time())
+                marker = StreamEnd(
+                    stream_id=sid, session=state.session, packets=state.last_seq + 1, reason=IDLE, sent_time=time.time()
+                )
             except ValueError as exc:  # cannot happen with validated input; never let it stop the worker
                 log.error("stream=%s: cannot write its idle marker: %s", sid, exc)
                 continue

@@ -14,7 +14,7 @@ from ..video.decode import DecodedFrame
 from .finisher import Finisher
 from .schedule import DetectionSchedule, Sampler
 from .stages import StageTimes
-from .streams import Source, StreamState, StreamTable
+from .streams import FUTURE_SLACK_S, Source, StreamState, StreamTable
 from .tracks import TrackStage
 from .work import FrameWork, WorkQueue
 
@@ -33,7 +33,9 @@ class Intake:
         tracks: TrackStage | None = None,
         stages: StageTimes,
         observer: PipelineObserver | None = None,
+        session_takeover_s: float = 10.0,
     ) -> None:
+        self.session_takeover_s = session_takeover_s
         self.table = table
         self.queue = queue
         self.finisher = finisher
@@ -61,18 +63,46 @@ class Intake:
         else:
             self._end(msg, source, replay)
 
+    def _owner(self, state: StreamState | None, session: str | None, at: float, what: str) -> bool:
+        """Whether a record of ``session`` may act on the live stream ``state``: its own session, or a stream without
+        one. Another session takes the stream over only after ``session_takeover_s`` of the stream's silence in
+        stream time (an ingester restarted after a crash); before that it raises ``foreign_session``."""
+        if state is None or state.session is None or session == state.session:
+            return False
+        silence = min(at, time.time() + FUTURE_SLACK_S) - state.last_capture
+        if state.last_capture > 0 and silence <= self.session_takeover_s:
+            raise DecodeError(
+                f"stream {state.stream_id}: {what} of session {session!r}, but the stream belongs to session "
+                f"{state.session!r} (live {max(silence, 0.0):.1f} s ago; another session takes over after "
+                f"{self.session_takeover_s:g} s of silence)",
+                "foreign_session",
+            )
+        log.warning("stream=%s: session %r takes over from silent session %r", state.stream_id, session, state.session)
+        return True
+
     def _start(self, msg: StreamStart, source: Source, replay: bool) -> None:
         old = self.table.get(msg.stream_id)
+        self._owner(old, msg.session, msg.sent_time, "stream_start")
+        state = self._restart(old, msg.stream_id, msg.session, msg.sent_time, source, replay)
+        if msg.session is not None:  # live from its start: another session's start right after it is refused
+            state.last_capture = min(msg.sent_time, time.time() + FUTURE_SLACK_S)
+        self.finisher.after_control(source)
+
+    def _restart(
+        self, old: StreamState | None, stream_id: str, session: str | None, at: float, source: Source, replay: bool
+    ) -> StreamState:
+        """A fresh state for the stream; the previous one's frames go out first, what it held finishes with them."""
         held: list[Source] = []
         if old is not None:
-            log.info("stream=%s restarted; closing the previous decoder", msg.stream_id)
-            self._enqueue(old, old.decoder.flush(), msg.sent_time, source, replay)
+            log.info("stream=%s restarted; closing the previous decoder", stream_id)
+            self._enqueue(old, old.decoder.flush(), at, source, replay)
             held = old.release_all()  # packets that gave no frame: finished with this start
-        self.table.open(msg.stream_id, source.partition, replace=old is not None)
-        self.table.carried.pop(msg.stream_id, None)
+        state = self.table.open(stream_id, source.partition, replace=old is not None)
+        state.session = session
+        self.table.carried.pop(stream_id, None)
         for src in held:
             self.finisher.after_control(src)
-        self.finisher.after_control(source)
+        return state
 
     def _state(self, stream_id: str, partition: int, seq: int | None = None) -> StreamState:
         """The stream's state; a stream met mid-way (no stream_start: a takeover) is marked resumed."""
@@ -82,7 +112,17 @@ class Intake:
         return state
 
     def _packet(self, pkt: VideoPacket, source: Source, replay: bool) -> None:
-        state = self._state(pkt.stream_id, source.partition, pkt.seq)
+        live = self.table.get(pkt.stream_id)
+        if self._owner(live, pkt.session, pkt.capture_time, "a packet"):
+            if not pkt.keyframe:
+                raise DecodeError(
+                    f"stream {pkt.stream_id}: session {pkt.session!r} takes over at a keyframe", "foreign_session"
+                )
+            state = self._restart(live, pkt.stream_id, pkt.session, pkt.capture_time, source, replay)
+        else:
+            state = self._state(pkt.stream_id, source.partition, pkt.seq)
+            if state.session is None and state.counters.packets == 0:
+                state.session = pkt.session  # met mid-way (a takeover): the session of its first packet
         state.counters.packets += 1
         state.last_seen = time.monotonic()
         self.table.saw_capture(state, source.partition, pkt.capture_time)
@@ -107,6 +147,13 @@ class Intake:
         self._enqueue(state, frames, pkt.capture_time, source, replay)
 
     def _end(self, end: StreamEnd, source: Source, replay: bool) -> None:
+        live = self.table.get(end.stream_id)
+        if live is not None and live.session is not None and end.session != live.session:
+            raise DecodeError(  # never a takeover: an end of another session ends nothing of this one
+                f"stream {end.stream_id}: stream_end of session {end.session!r}, but the stream belongs to session "
+                f"{live.session!r}",
+                "foreign_session",
+            )
         if end.reason == IDLE:  # written by a worker that found the stream silent
             live = self.table.get(end.stream_id)
             if live is None or live.last_seq >= end.packets:  # gone already, or revived since: ignore

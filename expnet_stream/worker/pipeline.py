@@ -70,6 +70,7 @@ class Pipeline:
         max_streams: int | None = None,
         worker_id: str = "",
         decode_limits: DecodeLimits | None = None,
+        session_takeover_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.temporal = temporal
@@ -96,6 +97,7 @@ class Pipeline:
             tracks=tracks,
             stages=self.stages,
             observer=observer,
+            session_takeover_s=session_takeover_s,
         )
         self.finder = FaceFinder(
             detector, engine.contract, self.queue, stages=self.stages, observer=observer, tracked=tracked

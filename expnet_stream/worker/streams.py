@@ -67,6 +67,7 @@ class StreamState:
     thumb: npt.NDArray[np.uint8] | None = None  # previous sampled frame, 64x36 grey (scene cuts)
     keyframe_pending: bool = False  # a keyframe was decoded since the last sampled frame
     checkpoint_sent_at: float = 0.0
+    session: str | None = None  # the ingest session that owns the stream (None: a sender without sessions)
 
     def hold(self, pts: int | None, source: Source) -> None:
         """A decoded packet whose frame is not emitted yet (None pts sorts first: released by the next frame)."""

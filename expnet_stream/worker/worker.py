@@ -96,6 +96,7 @@ class Worker:
             max_streams=settings.max_streams,
             worker_id=settings.worker_id,
             decode_limits=decode_limits(settings),
+            session_takeover_s=settings.session_takeover_s,
         )
         kafka = settings.kafka
         common = {**kafka.client_kwargs(), "reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}

@@ -235,8 +235,13 @@ def test_bad_input_corpus_goes_to_dlq_while_good_streams_flow(
     second = [m for m in iter_stream_messages(str(other), "switch") if isinstance(m, VideoPacket)]
     shift = max(p.pts or 0 for p in first if isinstance(p, VideoPacket)) + 1
     n_first = sum(isinstance(m, VideoPacket) for m in first)
-    second = [p.model_copy(update={"pts": p.pts + shift, "dts": p.dts + shift, "seq": p.seq + n_first}) for p in second]
-    switch = [*first, *second, StreamEnd(stream_id="switch", packets=n_first + len(second), sent_time=time.time())]
+    session = first[0].session  # one ingester session: the same stream, its parameters change mid-way
+    second = [
+        p.model_copy(update={"pts": p.pts + shift, "dts": p.dts + shift, "seq": p.seq + n_first, "session": session})
+        for p in second
+    ]
+    end = StreamEnd(stream_id="switch", session=session, packets=n_first + len(second), sent_time=time.time())
+    switch = [*first, *second, end]
     pk = next(m for m in good if isinstance(m, VideoPacket) and m.keyframe)
     bad: list[tuple[str | None, bytes | None, str]] = [
         ("good", b"\xc1\xc1 not msgpack", "not_msgpack"),

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer, TopicPartition
 
-from expnet_stream.events.codec import encode
-from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamStart, StreamSummary, VideoPacket
+from expnet_stream.events.codec import decode, encode
+from expnet_stream.events.schema import DeadLetter, FrameEvent, StreamEnd, StreamStart, StreamSummary, VideoPacket
 from expnet_stream.kafka.broker import EmbeddedBroker
 from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
@@ -170,6 +170,7 @@ def case(broker: EmbeddedBroker, topic_prefix: str, small_onnx: Path, short_clip
         max_packet_bytes=4 << 20,
         decode={"max_pixels": 1_000_000},
         max_streams=3,
+        session_takeover_s=1.0,
     )
     try:
         yield c
@@ -268,3 +269,44 @@ def test_a_flood_of_bare_stream_starts_holds_no_slot(case: _Case) -> None:
     _check(case, result, "30 bare stream_starts at max_streams=3")
     assert not [e for e in case.dlq.events() if isinstance(e, DeadLetter)]
     assert case.worker.pipeline.table.evicted >= 28
+
+
+def test_a_live_stream_refuses_another_sessions_records(case: _Case) -> None:
+    """Another sender's ``stream_start``, ``stream_end`` with a huge packet count, a keyframe (a real IDR of another
+    picture: before, published as the victim's frame) and a packet without a session, all for the live good stream:
+    refused as ``foreign_session`` (before, each cut the good stream short)."""
+    sid, good = case.good()
+    now = time.time()
+    evil = "evil-session"
+    forged: list[Any] = [
+        StreamStart(stream_id=sid, session=evil, codec="h264", width=160, height=120, time_base=(1, 25), sent_time=now),
+        StreamEnd(stream_id=sid, session=evil, packets=10**9, reason="eof", sent_time=now),
+        _packet(sid, _h264_keyframe(160, 120), session=evil, seq=3, pts=3, dts=3),
+        _packet(sid, _h264_keyframe(160, 120), seq=4, pts=4, dts=4),  # no session at all
+    ]
+    items = list(good)
+    for i, msg in enumerate(forged):
+        items.insert(3 + 2 * i, (sid.encode(), encode(msg)))
+    result = case.run(items, sid, bad=len(forged))
+    _check(case, result, "another session's records")
+    assert [e.reason for e in result["letters"]] == ["foreign_session"] * len(forged)
+
+
+def test_an_ingester_restarted_after_a_crash_takes_its_stream_over(case: _Case) -> None:
+    """Session A sends half a stream and dies (no end); session B starts the same stream id after the stream was
+    silent longer than ``session_takeover_s`` (1 s here, in stream time): B's stream is served whole."""
+    sid, good = case.good()
+    crashed = [(k, v) for k, v in good[:6]]  # start + 5 packets, no end
+    later = time.time() + 3.0  # B's clock: 3 s of silence after A's last packet
+    restarted = []
+    for k, v in good:
+        msg = decode(v)
+        update: dict[str, Any] = {"session": "restarted"}
+        if isinstance(msg, VideoPacket):
+            update["capture_time"] = later
+        else:
+            update["sent_time"] = later
+        restarted.append((k, encode(msg.model_copy(update=update))))
+    result = case.run(crashed + restarted, sid, bad=0)
+    _check(case, result, "ingester restarted after a crash")
+    assert not [e for e in case.dlq.events() if isinstance(e, DeadLetter)]
