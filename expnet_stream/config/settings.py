@@ -24,6 +24,7 @@ from ..aggregate.settings import TemporalSettings
 from ..errors import ConfigError
 from ..fileio import cache_dir
 from ..ops.settings import OpsSettings
+from ..video.limits import DEFAULT_CODECS, DEFAULT_MAX_EXTRADATA_BYTES, DEFAULT_MAX_PIXELS
 
 
 class _Section(BaseModel):
@@ -187,17 +188,17 @@ class DecodeSettings(_Section):
     a decoder spends memory or time on them (a decode bomb: a small packet that declares or decodes to a huge
     picture; a codec nobody sends video in)."""
 
-    codecs: list[str] = Field(
-        ["h264", "hevc", "vp8", "vp9", "av1"], min_length=1, description="FFmpeg decoders a stream may name"
-    )
+    codecs: list[str] = Field(list(DEFAULT_CODECS), min_length=1, description="FFmpeg decoders a stream may name")
     max_pixels: int = Field(
-        3840 * 2160,
+        DEFAULT_MAX_PIXELS,
         ge=1,
         description="largest picture (width x height) a stream may declare; FFmpeg also refuses, before it allocates "
         "it, any frame larger than its stream declared",
     )
     max_extradata_bytes: int = Field(
-        64 * 1024, ge=0, description="largest codec extradata (real avcC/hvcC records are under a few KiB)"
+        DEFAULT_MAX_EXTRADATA_BYTES,
+        ge=0,
+        description="largest codec extradata (real avcC/hvcC records are under a few KiB)",
     )
 
 

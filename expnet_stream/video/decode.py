@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from ..errors import DecodeError
 from ..events.schema import VideoPacket
+from .limits import DEFAULT_CODECS, DEFAULT_MAX_EXTRADATA_BYTES, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class DecodeLimits:
     """What a stream may ask a decoder for (``decode`` in the worker settings); checked on every keyframe before a
     decoder is opened, and by FFmpeg itself (``max_pixels``) before it allocates a frame."""
 
-    codecs: frozenset[str] = frozenset({"h264", "hevc", "vp8", "vp9", "av1"})
-    max_pixels: int = 3840 * 2160
-    max_extradata_bytes: int = 64 * 1024
+    codecs: frozenset[str] = frozenset(DEFAULT_CODECS)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_extradata_bytes: int = DEFAULT_MAX_EXTRADATA_BYTES
 
     def check(self, stream_id: str, pkt: VideoPacket) -> None:
         """Raise :class:`DecodeError` for a keyframe outside the limits."""

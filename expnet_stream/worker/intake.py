@@ -47,11 +47,14 @@ class Intake:
         table.on_evict = self._evict
 
     def _evict(self, state: StreamState) -> None:
-        """A stream evicted at max_streams: the frames its decoder holds go out, what it held finishes with them (as
-        on a restart); its next packets open a new decoder at a keyframe."""
+        """A stream evicted at max_streams is closed as on a restart; its next packets open a new decoder at a
+        keyframe."""
         if state.outstanding:
-            last = state.outstanding[-1][1]
-            self._enqueue(state, state.decoder.flush(), state.last_capture, last, False)
+            self._close(state, state.last_capture, state.outstanding[-1][1], False)
+
+    def _close(self, state: StreamState, at: float, source: Source, replay: bool) -> None:
+        """The frames the stream's decoder still holds go out; the packets that gave no frame finish with them."""
+        self._enqueue(state, state.decoder.flush(), at, source, replay)
         for src in state.release_all():
             self.finisher.after_control(src)
 
@@ -92,16 +95,12 @@ class Intake:
         self, old: StreamState | None, stream_id: str, session: str | None, at: float, source: Source, replay: bool
     ) -> StreamState:
         """A fresh state for the stream; the previous one's frames go out first, what it held finishes with them."""
-        held: list[Source] = []
         if old is not None:
             log.info("stream=%s restarted; closing the previous decoder", stream_id)
-            self._enqueue(old, old.decoder.flush(), at, source, replay)
-            held = old.release_all()  # packets that gave no frame: finished with this start
+            self._close(old, at, source, replay)
         state = self.table.open(stream_id, source.partition, replace=old is not None)
         state.session = session
         self.table.carried.pop(stream_id, None)
-        for src in held:
-            self.finisher.after_control(src)
         return state
 
     def _state(self, stream_id: str, partition: int, seq: int | None = None) -> StreamState:
