@@ -200,6 +200,13 @@ class DecodeSettings(_Section):
         ge=0,
         description="largest codec extradata (real avcC/hvcC records are under a few KiB)",
     )
+    memory_mb: float | None = Field(
+        1024.0,
+        gt=0,
+        description="estimated memory of all open decoders together (a picture per decoder thread plus one, codec "
+        "state, extradata); a decoder that would go over it evicts the least recently active streams' decoders, "
+        "which resume at their next keyframe; None: no limit",
+    )
 
 
 class SamplingSettings(_Section):
@@ -248,6 +255,13 @@ class WorkerSettings(BaseSettings):
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
     dlq_max_key_bytes: int = Field(
         1024, ge=0, description="larger record keys go to the DLQ as their size and SHA-256, without bytes"
+    )
+    max_step_s: float = Field(
+        1.0,
+        gt=0,
+        description="longest a poll round handles records before it polls again (commits, /healthz, idle checks); "
+        "the records it leaves are fetched again. A run of costly packets (large pictures) cannot stall the loop for "
+        "longer than this plus one packet",
     )
     max_packet_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger packets are dead-lettered")
     session_takeover_s: float = Field(

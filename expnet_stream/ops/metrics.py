@@ -178,6 +178,21 @@ class WorkerMetrics:
             "Dead letters the broker did not take (logged; the record's offset is released all the same)",
             registry=r,
         )
+        self._step_cuts = Counter(
+            "expnet_step_cuts",
+            "Poll rounds cut short by max_step_s (their remaining records are fetched again)",
+            registry=r,
+        )
+        self._decoders_evicted = Counter(
+            "expnet_decoders_evicted",
+            "Decoders closed to stay within decode.memory_mb (their streams resume at their next keyframe)",
+            registry=r,
+        )
+        self._decoder_memory = Gauge(
+            "expnet_decoder_memory_bytes",
+            "Estimated memory of the open decoders (against decode.memory_mb)",
+            registry=r,
+        )
         self._commits = Counter("expnet_commits", "Successful offset commits", registry=r)
         self._commit_failures = Counter("expnet_commit_failures", "Failed offset commits (retried)", registry=r)
         self._lag = Gauge(
@@ -255,6 +270,15 @@ class WorkerMetrics:
 
     def dead_letter_unsent(self, n: int = 1) -> None:
         self._dlq_unsent.inc(n)
+
+    def step_cut(self) -> None:
+        self._step_cuts.inc()
+
+    def decoders(self, memory_bytes: int, evicted: int) -> None:
+        """The open decoders' estimated memory, and decoders evicted since the last call."""
+        self._decoder_memory.set(memory_bytes)
+        if evicted:
+            self._decoders_evicted.inc(evicted)
 
     def commit(self, ok: bool = True) -> None:
         (self._commits if ok else self._commit_failures).inc()

@@ -47,8 +47,8 @@ class Intake:
         table.on_evict = self._evict
 
     def _evict(self, state: StreamState) -> None:
-        """A stream evicted at max_streams is closed as on a restart; its next packets open a new decoder at a
-        keyframe."""
+        """A stream evicted at max_streams, or its decoder evicted at ``decode.memory_mb``, is closed as on a restart:
+        the frames its decoder holds go out; its next packets open a new decoder at a keyframe."""
         if state.outstanding:
             self._close(state, state.last_capture, state.outstanding[-1][1], False)
 
@@ -131,7 +131,7 @@ class Intake:
             with self.stages.time("decode"):
                 frames = state.decoder.decode(pkt)
         except DecodeError as exc:
-            if exc.reason == "before_keyframe":
+            if exc.reason in ("before_keyframe", "decoder_evicted"):
                 state.counters.packets_skipped += 1
                 if self.observer is not None:
                     self.observer.frame_dropped(source.partition, "before_keyframe")

@@ -41,6 +41,7 @@ class WorkerStats:
     idle_closed: int = 0
     track_states: int = 0
     pauses: int = 0
+    step_cuts: int = 0  # poll rounds cut short by max_step_s
     started: float = field(default_factory=time.time)
 
 

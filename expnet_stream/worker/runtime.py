@@ -173,4 +173,5 @@ def make_temporal(
 def decode_limits(settings: WorkerSettings) -> DecodeLimits:
     """What a stream may ask the worker's decoders for (``decode`` settings)."""
     d = settings.decode
-    return DecodeLimits(frozenset(d.codecs), d.max_pixels, d.max_extradata_bytes)
+    memory = None if d.memory_mb is None else int(d.memory_mb * 2**20)
+    return DecodeLimits(frozenset(d.codecs), d.max_pixels, d.max_extradata_bytes, memory)

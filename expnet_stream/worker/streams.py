@@ -106,9 +106,11 @@ class StreamTable:
         self.carried: dict[str, TrackState] = {}
         #: newest packet capture_time per input partition ("stream time" for idle detection)
         self.partition_time: dict[int, float] = {}
-        #: called with a stream evicted at max_streams, before it is forgotten (the intake flushes it)
+        #: called with a stream evicted at max_streams, before it is forgotten, and with a stream whose decoder is
+        #: evicted at ``limits.memory_bytes`` (the intake flushes it)
         self.on_evict: Callable[[StreamState], None] | None = None
         self.evicted = 0
+        self.decoders_evicted = 0
 
     def get(self, stream_id: str) -> StreamState | None:
         return self.streams.get(stream_id)
@@ -117,10 +119,47 @@ class StreamTable:
         """A new state for the stream (``replace``: it restarts, taking its old slot)."""
         if not replace:
             self.check_capacity(stream_id)
-        state = self.streams[stream_id] = StreamState(
-            stream_id, partition, StreamDecoder(stream_id, threads=self.decoder_threads, limits=self.limits)
-        )
+        decoder = StreamDecoder(stream_id, threads=self.decoder_threads, limits=self.limits, reserve=self._reserve)
+        state = self.streams[stream_id] = StreamState(stream_id, partition, decoder)
         return state
+
+    @property
+    def decoder_memory(self) -> int:
+        """Estimated bytes of the open decoders (:meth:`DecodeLimits.memory_for`)."""
+        return sum(st.decoder.memory_bytes for st in self.streams.values())
+
+    def _reserve(self, decoder: StreamDecoder, need: int) -> None:
+        """Room for a decoder about to open with ``need`` bytes within ``limits.memory_bytes``. Decoders are evicted
+        (:attr:`on_evict` flushes them; each reopens at its stream's next keyframe, its packets before it are
+        dead-lettered as ``decoder_evicted``): first those that decoded nothing but their opening keyframe (a flood of
+        one-picture streams cannot push out a stream in the middle of a GOP), each group least recently active first.
+        A decoder larger than the whole budget is refused (``decoder_memory``)."""
+        budget = None if self.limits is None else self.limits.memory_bytes
+        if budget is None:
+            return
+        if need > budget:
+            raise DecodeError(
+                f"stream {decoder.stream_id}: its decoder needs about {need / 2**20:.0f} MiB, over decode.memory_mb "
+                f"({budget / 2**20:.0f} MiB)",
+                "decoder_memory",
+            )
+        others = [st for st in self.streams.values() if st.decoder.memory_bytes and st.decoder is not decoder]
+        used = sum(st.decoder.memory_bytes for st in others)
+        for victim in sorted(others, key=lambda st: (st.decoder.packets > 1, st.last_seen)):
+            if used + need <= budget:
+                break
+            used -= victim.decoder.memory_bytes
+            log.warning(
+                "stream=%s: decoder evicted to make room for stream=%s (decode.memory_mb); it resumes at its next "
+                "keyframe",
+                victim.stream_id,
+                decoder.stream_id,
+            )
+            if self.on_evict is not None:
+                self.on_evict(victim)
+            victim.decoder.flush()  # closes it, if on_evict did not
+            victim.decoder.evicted = True
+            self.decoders_evicted += 1
 
     def resume(self, stream_id: str, partition: int) -> tuple[StreamState, bool]:
         """The stream's state, and whether it was opened here without a ``stream_start`` (met mid-way)."""

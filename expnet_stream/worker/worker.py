@@ -76,6 +76,7 @@ class Worker:
         self.metrics.engine_info(engine.model_id, engine.name, engine.contract.trained)
         self.health.set_engine_loaded(True)
         self._next_lag = 0.0
+        self._decoders_evicted = 0
         self.stages = StageTimes(observer=self.metrics.observe_stage)
         self._stop = threading.Event()
         self._record_stream: str | None = None
@@ -226,6 +227,9 @@ class Worker:
         m = self.metrics
         m.queued(self.pipeline.queued)
         m.open_streams(len(self.pipeline.streams))
+        table = self.pipeline.table
+        m.decoders(table.decoder_memory, table.decoders_evicted - self._decoders_evicted)
+        self._decoders_evicted = table.decoders_evicted
         m.paused(len(self.partitions.paused))
         now = time.monotonic()
         if now >= self._next_lag:
@@ -253,19 +257,49 @@ class Worker:
             del batches[tp]  # fetched before the pause took effect; re-read after the seek
         if parts.scanning:
             parts.finish_scans()
-        n = 0
-        for tp in sorted(batches, key=lambda t: t.partition):
-            for record in batches[tp]:
-                self.handle_record(record)
-                n += 1
-                if self.pipeline.due():
-                    self.pipeline.pump()
-        self.pipeline.pump(force=n == 0 or (self.settings.batch.eager and self._drained(batches, n)))
+        n = self._handle_batches(batches)
+        cut = n < sum(len(records) for records in batches.values())
+        eager = self.settings.batch.eager and not cut and self._drained(batches, n)
+        self.pipeline.pump(force=n == 0 or eager)
         parts.backpressure()
         self.idle.check()
         self.commit()
         self._observe()
         return n
+
+    def _handle_batches(self, batches: dict[TopicPartition, list[Any]]) -> int:
+        """Handle the polled records in partition order for at most ``max_step_s`` (at least one record), so that no
+        run of costly records (large pictures, dense streams) keeps the loop from polling, committing and ticking
+        ``/healthz``. The records left over are fetched again: each of their partitions is sought back to its first
+        unhandled offset (nothing of them was consumed). Returns the records handled."""
+        budget = self.settings.max_step_s
+        t0 = time.monotonic()
+        n = 0
+        parts = sorted(batches, key=lambda t: t.partition)
+        for i, tp in enumerate(parts):
+            records = batches[tp]
+            for j, record in enumerate(records):
+                self.handle_record(record)
+                n += 1
+                if self.pipeline.due():
+                    self.pipeline.pump()
+                if time.monotonic() - t0 >= budget and (j + 1 < len(records) or i + 1 < len(parts)):
+                    self._refetch([(tp, records[j + 1 :]), *((t, batches[t]) for t in parts[i + 1 :])])
+                    return n
+        return n
+
+    def _refetch(self, left: list[tuple[TopicPartition, list[Any]]]) -> None:
+        """Seek each partition back to its first record not handled this step (the step ran out of time)."""
+        for tp, records in left:
+            if records:
+                self.consumer.seek(tp, records[0].offset)
+        self.stats.step_cuts += 1
+        self.metrics.step_cut()
+        log.debug(
+            "step over max_step_s=%g s: %d records fetched again",
+            self.settings.max_step_s,
+            sum(map(len, (r for _, r in left))),
+        )
 
     def run(self, *, max_seconds: float | None = None, until: Callable[[Worker], bool] | None = None) -> WorkerStats:
         """Poll until :meth:`stop`, ``max_seconds`` elapsed or ``until(self)`` is true; then drain and commit."""
