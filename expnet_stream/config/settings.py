@@ -251,6 +251,13 @@ class WorkerSettings(BaseSettings):
         description="how often (wall time) the worker records a stream's track ids in its input partition, so a "
         "worker taking the partition over keeps them; keep it under the longest aggregate window",
     )
+    state_secret: SecretStr | None = Field(
+        None,
+        description="the fleet's shared key for the worker-state topic: workers sign the track states they write "
+        "(HMAC-SHA256 in a record header) and, taking a partition over, trust only states signed with it (env "
+        "EXPNET_STATE_SECRET; masked in every printout); None: any record on that topic is trusted, so only the "
+        "workers' principal may write it (deploy/README.md)",
+    )
     commit_interval_ms: float = Field(500.0, ge=0, description="longest time between offset commits")
     dlq_max_value_bytes: int = Field(512 * 1024, ge=0, description="larger originals go to the DLQ without bytes")
     dlq_max_key_bytes: int = Field(

@@ -151,6 +151,7 @@ class Publisher:
         required: bool = True,
         letter: bool = False,
         if_lost: str = "worker-state record(s) not stored: a takeover may renumber tracks",
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send one record; a ``required`` one must be acknowledged before the next commit (else the worker stops
         without committing), a best-effort one only logs ``if_lost`` when it fails, a ``letter`` logs and counts it
@@ -158,7 +159,7 @@ class Publisher:
         if self.transactional and not self._in_txn:
             self.producer.begin_transaction()
             self._in_txn = True
-        future = self.producer.send(topic, key=key, value=value, partition=partition)
+        future = self.producer.send(topic, key=key, value=value, partition=partition, headers=headers)
         if letter:
             self._letters.append(future)
         elif required:

@@ -21,9 +21,11 @@ however long it takes, the consumer keeps polling its other partitions within ``
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,22 @@ from ..events.codec import decode
 from ..events.schema import IDLE, StreamEnd, StreamStart, TrackState, VideoPacket
 
 log = logging.getLogger(__name__)
+
+STATE_MAC_HEADER = "expnet-state-mac"
+"""Record header of a signed track state: hex HMAC-SHA256 of the record value under ``state_secret``."""
+
+
+def state_mac(secret: bytes, value: bytes) -> bytes:
+    """The signature a worker puts in :data:`STATE_MAC_HEADER` of a track state it writes."""
+    return hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
+
+
+def state_signed(secret: bytes, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether a worker-state record was written by a worker that holds ``secret`` (compared in constant time)."""
+    if value is None:
+        return False
+    macs = [v for k, v in headers or () if k == STATE_MAC_HEADER and v is not None]
+    return len(macs) == 1 and hmac.compare_digest(macs[0], state_mac(secret, value))
 
 
 @dataclass
@@ -124,30 +142,43 @@ def rewind_point(
 
 
 def read_range(
-    kafka_kwargs: dict[str, Any], tp: TopicPartition, start: int, end: int | None, timeout_s: float = 15.0
+    kafka_kwargs: dict[str, Any],
+    tp: TopicPartition,
+    start: int,
+    end: int | None,
+    timeout_s: float = 15.0,
+    *,
+    accept: Callable[[Any], bool] | None = None,
 ) -> list[tuple[int, bytes | None]]:
     """Records ``[start, end)`` of one partition, read with a throwaway consumer outside the group; ``end=None``
     reads to the end the fetch high watermark reports (``end_offsets()`` cannot say it: Tansu answers the last
-    batch's base offset + 1)."""
+    batch's base offset + 1). ``accept`` (a consumer record: bool) leaves out the records it refuses."""
     consumer = KafkaConsumer(**kafka_kwargs, group_id=None, enable_auto_commit=False)
     out: list[tuple[int, bytes | None]] = []
+    last = -1
     try:
         consumer.assign([tp])
         consumer.seek(tp, start)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.offset, r.value) for r in records if end is None or r.offset < end)
+                for r in records:
+                    last = r.offset
+                    if (end is None or r.offset < end) and (accept is None or accept(r)):
+                        out.append((r.offset, r.value))
             stop = end if end is not None else consumer.highwater(tp)
-            if stop is not None and ((out and out[-1][0] >= stop - 1) or consumer.position(tp) >= stop):
+            if stop is not None and (last >= stop - 1 or consumer.position(tp) >= stop):
                 break
     finally:
         consumer.close()
     return out
 
 
-def read_states(kafka_kwargs: dict[str, Any], topic: str, partition: int, *, tail: int = 4096) -> list[TrackState]:
-    """Track states in the last ``tail`` records of the worker-state partition that mirrors input ``partition``."""
+def read_states(
+    kafka_kwargs: dict[str, Any], topic: str, partition: int, *, tail: int = 4096, secret: bytes | None = None
+) -> list[TrackState]:
+    """Track states in the last ``tail`` records of the worker-state partition that mirrors input ``partition``; with
+    a ``secret`` (``state_secret``), only those a worker of the fleet signed (:func:`state_signed`)."""
     consumer = KafkaConsumer(**kafka_kwargs, group_id=None, enable_auto_commit=False)
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -160,7 +191,23 @@ def read_states(kafka_kwargs: dict[str, Any], topic: str, partition: int, *, tai
     finally:
         consumer.close()
     out: list[TrackState] = []
-    for _, value in read_range(kafka_kwargs, tp, max(begin, end - tail), None):
+    refused = 0
+
+    def signed(record: Any) -> bool:
+        nonlocal refused
+        ok = secret is None or state_signed(secret, record.value, record.headers)
+        refused += not ok
+        return ok
+
+    records = read_range(kafka_kwargs, tp, max(begin, end - tail), None, accept=signed)
+    if refused:
+        log.warning(
+            "partition=%d: %d record(s) of worker-state topic %s not signed with state_secret: ignored",
+            tp.partition,
+            refused,
+            topic,
+        )
+    for _, value in records:
         try:
             msg = decode(value) if value is not None else None
         except SchemaError:
@@ -177,6 +224,7 @@ def find_rewind(
     *,
     horizon_s: float = 0.0,
     state_topic: str | None = None,
+    state_secret: bytes | None = None,
     window: int = 256,
     max_window: int = 16384,
 ) -> Rewind:
@@ -185,7 +233,7 @@ def find_rewind(
     states: list[TrackState] = []
     if state_topic is not None:
         try:
-            states = read_states(kafka_kwargs, state_topic, tp.partition)
+            states = read_states(kafka_kwargs, state_topic, tp.partition, secret=state_secret)
         except KafkaError as exc:
             log.warning("partition=%d: cannot read worker state (%s); track ids restart", tp.partition, exc)
     while True:
@@ -213,17 +261,30 @@ class RewindScans:
     """
 
     def __init__(
-        self, kafka_kwargs: dict[str, Any], *, threads: int = 2, horizon_s: float = 0.0, state_topic: str | None = None
+        self,
+        kafka_kwargs: dict[str, Any],
+        *,
+        threads: int = 2,
+        horizon_s: float = 0.0,
+        state_topic: str | None = None,
+        state_secret: bytes | None = None,
     ) -> None:
         self.kafka_kwargs = kafka_kwargs
         self.horizon_s = horizon_s
         self.state_topic = state_topic
+        self.state_secret = state_secret
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rewind-scan")
         self._running: dict[int, tuple[Future[Rewind], int, float]] = {}
 
     def start(self, tp: TopicPartition, committed: int) -> None:
         fut = self._pool.submit(
-            find_rewind, self.kafka_kwargs, tp, committed, horizon_s=self.horizon_s, state_topic=self.state_topic
+            find_rewind,
+            self.kafka_kwargs,
+            tp,
+            committed,
+            horizon_s=self.horizon_s,
+            state_topic=self.state_topic,
+            state_secret=self.state_secret,
         )
         self._running[tp.partition] = (fut, committed, time.monotonic())
 

@@ -19,6 +19,7 @@ from .commits import CommitManager
 from .partitions import PartitionManager
 from .pipeline import Pipeline
 from .publisher import Publisher
+from .resume import STATE_MAC_HEADER, state_mac
 from .streams import StreamState
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def ensure_state_topic(settings: WorkerSettings, consumer: KafkaConsumer) -> boo
         return False
 
 
+def state_secret(settings: WorkerSettings) -> bytes | None:
+    """The fleet's ``state_secret`` as bytes: the key that signs and checks track states (None: unsigned)."""
+    secret = settings.state_secret
+    return None if secret is None else secret.get_secret_value().encode()
+
+
 def due_checkpoints(
     streams: Iterable[StreamState], now: float, interval_s: float, ours: Callable[[int], bool]
 ) -> list[StreamState]:
@@ -75,6 +82,7 @@ class StateTopic:
     ) -> None:
         self.topic = settings.topics.state
         self.interval_s = settings.track_state_interval_s
+        self.secret = state_secret(settings)
         self.pipeline = pipeline
         self.partitions = partitions
         self.commits = commits
@@ -101,7 +109,11 @@ class StateTopic:
             msg = cp.model_copy(update={"sent_time": time.time()})
             n = self.partitions_of_topic
             partition = state.partition if n == 0 or state.partition < n else state.partition % n
-            self.publisher.send(self.topic, cp.stream_id.encode(), encode(msg), partition=partition, required=False)
+            value = encode(msg)
+            headers = None if self.secret is None else [(STATE_MAC_HEADER, state_mac(self.secret, value))]
+            self.publisher.send(
+                self.topic, cp.stream_id.encode(), value, partition=partition, required=False, headers=headers
+            )
             state.checkpoint = None
             state.checkpoint_sent_at = now
             self.publisher.stats.track_states += 1

@@ -45,7 +45,7 @@ from .publisher import Publisher, WorkerStats, make_producer
 from .resume import RewindScans
 from .runtime import decode_limits, make_temporal
 from .stages import StageTimes
-from .state_topic import StateTopic, ensure_input_topic
+from .state_topic import StateTopic, ensure_input_topic, state_secret
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -105,7 +105,9 @@ class Worker:
         horizon = 0.0
         if t.enabled and t.windows:  # replay rebuilds every window open at the commit from its first frame
             horizon = max(w.size_s for w in t.windows) + t.allowed_lateness_s
-        self.scans = RewindScans(common, horizon_s=horizon, state_topic=settings.topics.state)
+        self.scans = RewindScans(
+            common, horizon_s=horizon, state_topic=settings.topics.state, state_secret=state_secret(settings)
+        )
         try:
             producer = make_producer(settings, common)
             self.consumer = KafkaConsumer(

@@ -44,7 +44,7 @@ from expnet_stream.kafka.broker import EmbeddedBroker
 from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.pipeline import Source
-from expnet_stream.worker.resume import find_rewind
+from expnet_stream.worker.resume import STATE_MAC_HEADER, find_rewind, state_mac
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
 from tests.conftest import broker_settings, make_face_video
@@ -343,6 +343,19 @@ def test_find_rewind_reads_back_through_the_log(broker: EmbeddedBroker, topic_pr
     short = find_rewind(kw, tp, end, horizon_s=12.0, window=16, max_window=64)
     assert not short.complete  # the keyframe lies beyond the window limit: said so, windows become partial
 
+    # with a state_secret only signed states count: a newer forged one (unsigned, or signed with another key) is not
+    secret = b"fleet-secret"
+    signed = state.model_copy(update={"frame_seq": 260, "pts_time": 260 / 25})
+    forged = state.model_copy(update={"frame_seq": 270, "pts_time": 270 / 25, "tracks": [(2**31 - 1, 1, 1, 9, 9)]})
+    for msg, key in ((signed, secret), (forged, None), (forged, b"another key")):
+        value = encode(msg)
+        headers = None if key is None else [(STATE_MAC_HEADER, state_mac(key, value))]
+        producer.send(settings.topics.state, key=b"r", value=value, partition=0, headers=headers).get(timeout=10)
+    trusted = find_rewind(kw, tp, end, window=16, state_topic=settings.topics.state, state_secret=secret)
+    assert trusted.states["r"] == signed
+    unchecked = find_rewind(kw, tp, end, window=16, state_topic=settings.topics.state)
+    assert unchecked.states["r"] == forged  # without a secret the newest record on the topic wins
+
 
 # ------------------------------------------------------------------------------------------ kill -9 takeover
 def test_kill9_takeover_keeps_track_ids_and_rebuilds_open_windows(
@@ -359,7 +372,12 @@ def test_kill9_takeover_keeps_track_ids_and_rebuilds_open_windows(
         "allowed_lateness_s": 0.0,
         "tracker": {"max_misses": 2},
     }
-    extra = {"temporal": temporal, "track_state_interval_s": 0.2, "topics": {"input_partitions": 1}}
+    extra = {
+        "temporal": temporal,
+        "track_state_interval_s": 0.2,
+        "topics": {"input_partitions": 1},
+        "state_secret": "fleet-secret",  # the states are signed by A and checked by B
+    }
     cfg_a = worker_config(tmp_path, "k9-a", broker.bootstrap, topic_prefix, small_onnx, **extra)
     cfg_b = worker_config(tmp_path, "k9-b", broker.bootstrap, topic_prefix, small_onnx, **extra)
     settings = load_settings(cfg_a)
