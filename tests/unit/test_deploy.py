@@ -292,8 +292,9 @@ _ALL_FEATURES: dict[str, Any] = {
     "kafka": {
         "securityProtocol": "SASL_SSL",
         "sasl": {"mechanism": "SCRAM-SHA-512", "username": "expnet", "password": "not-a-real-password"},
-        "tls": {"caSecret": "kafka-ca"},
+        "tls": {"caSecret": "kafka-ca", "clientSecret": "expnet-client-tls"},
     },
+    "stateSecret": {"existingSecret": "expnet-state"},
     "keda": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "engineBuild": {"enabled": True},

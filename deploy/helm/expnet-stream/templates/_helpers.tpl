@@ -77,4 +77,13 @@ app.kubernetes.io/component: worker
 - name: EXPNET_KAFKA__SSL_CAFILE
   value: /etc/expnet/tls/ca.crt
 {{- end }}
+{{- if .Values.kafka.tls.clientSecret }}
+{{- if not (include "expnet.tlsEnabled" .) }}
+{{- fail "kafka.tls.clientSecret (mutual TLS) needs kafka.securityProtocol SSL or SASL_SSL" }}
+{{- end }}
+- name: EXPNET_KAFKA__SSL_CERTFILE
+  value: /etc/expnet/client-tls/tls.crt
+- name: EXPNET_KAFKA__SSL_KEYFILE
+  value: /etc/expnet/client-tls/tls.key
+{{- end }}
 {{- end -}}
