@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import uuid
@@ -58,6 +59,18 @@ def write_h264(
         for pkt in stream.encode(None):
             out.mux(pkt)
     return path
+
+
+def h264_keyframe(width: int, height: int) -> bytes:
+    """One real H.264 IDR (Annex B, SPS/PPS in band) of a flat grey ``width x height`` picture."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="bgr24")
+        packets = [*stream.encode(frame), *stream.encode(None)]
+    return b"".join(bytes(p) for p in packets)
 
 
 def make_face_video(

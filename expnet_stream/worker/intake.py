@@ -44,6 +44,7 @@ class Intake:
         self.tracks = tracks
         self.stages = stages
         self.observer = observer
+        self.now = time.time()  # the worker's clock for the record in hand (see handle)
         table.on_evict = self._evict
 
     def _evict(self, state: StreamState) -> None:
@@ -58,7 +59,18 @@ class Intake:
         for src in state.release_all():
             self.finisher.after_control(src)
 
-    def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, replay: bool = False) -> None:
+    def handle(
+        self,
+        msg: StreamStart | VideoPacket | StreamEnd,
+        source: Source,
+        replay: bool = False,
+        arrived: float | None = None,
+    ) -> None:
+        """``arrived``: the record's Kafka timestamp (Unix seconds). The worker's clock, which bounds how far ahead a
+        producer's times count, is read as no later than it: a takeover replaying the record decides as the first
+        reading did, and a backlog read late is judged by when it was written."""
+        now = time.time()
+        self.now = now if arrived is None or arrived <= 0 else min(now, arrived)
         if isinstance(msg, StreamStart):
             self._start(msg, source, replay)
         elif isinstance(msg, VideoPacket):
@@ -72,7 +84,7 @@ class Intake:
         stream time (an ingester restarted after a crash); before that it raises ``foreign_session``."""
         if state is None or state.session is None or session == state.session:
             return False
-        silence = min(at, time.time() + FUTURE_SLACK_S) - state.last_capture
+        silence = min(at, self.now + FUTURE_SLACK_S) - state.last_capture
         if state.last_capture > 0 and silence <= self.session_takeover_s:
             raise DecodeError(
                 f"stream {state.stream_id}: {what} of session {session!r}, but the stream belongs to session "
@@ -88,7 +100,7 @@ class Intake:
         self._owner(old, msg.session, msg.sent_time, "stream_start")
         state = self._restart(old, msg.stream_id, msg.session, msg.sent_time, source, replay)
         if msg.session is not None:  # live from its start: another session's start right after it is refused
-            state.last_capture = min(msg.sent_time, time.time() + FUTURE_SLACK_S)
+            state.last_capture = min(msg.sent_time, self.now + FUTURE_SLACK_S)
         self.finisher.after_control(source)
 
     def _restart(
@@ -124,7 +136,7 @@ class Intake:
                 state.session = pkt.session  # met mid-way (a takeover): the session of its first packet
         state.counters.packets += 1
         state.last_seen = time.monotonic()
-        self.table.saw_capture(state, source.partition, pkt.capture_time)
+        self.table.saw_capture(state, source.partition, pkt.capture_time, self.now)
         state.last_seq = max(state.last_seq, pkt.seq)
         fresh = state.decoder.waiting_for_keyframe
         try:

@@ -113,13 +113,20 @@ class Pipeline:
         )
 
     # ---------------------------------------------------------------- driving
-    def handle(self, msg: StreamStart | VideoPacket | StreamEnd, source: Source, *, replay: bool = False) -> None:
-        """Process one input message.
+    def handle(
+        self,
+        msg: StreamStart | VideoPacket | StreamEnd,
+        source: Source,
+        *,
+        replay: bool = False,
+        arrived: float | None = None,
+    ) -> None:
+        """Process one input message (``arrived``: its Kafka record timestamp, see :meth:`Intake.handle`).
 
         Raises :class:`~expnet_stream.errors.DecodeError` (with a ``reason``) for a packet that cannot be decoded,
         including packets before a stream's first keyframe; the caller dead-letters it and marks it done.
         """
-        self.intake.handle(msg, source, replay)
+        self.intake.handle(msg, source, replay, arrived)
 
     def due(self, now: float | None = None) -> bool:
         """Whether a batch should run now (see :meth:`Batcher.due`)."""

@@ -197,12 +197,12 @@ class StreamTable:
         if self.streams.get(state.stream_id) is state:
             del self.streams[state.stream_id]
 
-    def saw_capture(self, state: StreamState, partition: int, capture_time: float) -> None:
+    def saw_capture(self, state: StreamState, partition: int, capture_time: float, now: float | None = None) -> None:
         """Advance the stream's and its partition's stream time. ``capture_time`` is the producer's clock: one from
         the future (a skewed or hostile producer) must not make the other streams of the partition look silent, so
         it counts as at most ``FUTURE_SLACK_S`` ahead of ours, far below any idle limit (``idle.stream_s`` is 30 s;
         before, a minute was allowed and one packet closed every stream of its partition)."""
-        capture = min(capture_time, time.time() + FUTURE_SLACK_S)
+        capture = min(capture_time, (time.time() if now is None else now) + FUTURE_SLACK_S)
         state.last_capture = max(state.last_capture, capture)
         self.partition_time[partition] = max(self.partition_time.get(partition, 0.0), capture)
 

@@ -214,7 +214,9 @@ class Worker:
         if key is not None and key != msg.stream_id:
             self._reject(record, "key_mismatch", f"key {key!r} != stream_id {msg.stream_id!r}", msg.stream_id)
             return
-        self.pipeline.handle(msg, source, replay=replay)
+        ts = getattr(record, "timestamp", None)
+        arrived = ts / 1000.0 if isinstance(ts, int) and ts > 0 else None
+        self.pipeline.handle(msg, source, replay=replay, arrived=arrived)
 
     # ---------------------------------------------------------------- main loop
     def commit(self, force: bool = False) -> None:

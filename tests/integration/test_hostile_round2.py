@@ -27,7 +27,7 @@ from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.video.ingest import iter_stream_messages
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
-from tests.conftest import broker_settings, make_face_video
+from tests.conftest import broker_settings, h264_keyframe, make_face_video
 from tests.integration.fleet_util import Collector
 
 pytestmark = pytest.mark.integration
@@ -54,18 +54,6 @@ def _reset_peak_rss_mb() -> float:
     except OSError:  # not Linux, or not allowed: the peak then starts at the process's own
         return _rss_mb("VmHWM")
     return _rss_mb("VmRSS")
-
-
-def _h264_keyframe(width: int, height: int) -> bytes:
-    """One real H.264 IDR (Annex B, SPS/PPS in band) of a flat grey ``width x height`` picture."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="h264") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="bgr24")
-        packets = [*stream.encode(frame), *stream.encode(None)]
-    return b"".join(bytes(p) for p in packets)
 
 
 def _png(width: int, height: int) -> bytes:
@@ -223,7 +211,7 @@ def test_decode_bombs_are_refused_before_they_cost(case: _Case) -> None:
     """A 2048x2048 IDR declared 256x256 (FFmpeg refuses a frame larger than declared before it allocates it), one
     declared beyond max_pixels, a PNG "video" (codec not allowed), 1 MiB of extradata."""
     sid, good = case.good()
-    idr = _h264_keyframe(2048, 2048)
+    idr = h264_keyframe(2048, 2048)
     bombs = [
         _packet("bomb-small-declared", idr, width=256, height=256),
         _packet("bomb-declared", idr, width=2048, height=2048),
@@ -297,8 +285,8 @@ def test_a_live_stream_refuses_another_sessions_records(case: _Case) -> None:
     forged: list[Any] = [
         StreamStart(stream_id=sid, session=evil, codec="h264", width=160, height=120, time_base=(1, 25), sent_time=now),
         StreamEnd(stream_id=sid, session=evil, packets=10**9, reason="eof", sent_time=now),
-        _packet(sid, _h264_keyframe(160, 120), session=evil, seq=3, pts=3, dts=3),
-        _packet(sid, _h264_keyframe(160, 120), seq=4, pts=4, dts=4),  # no session at all
+        _packet(sid, h264_keyframe(160, 120), session=evil, seq=3, pts=3, dts=3),
+        _packet(sid, h264_keyframe(160, 120), seq=4, pts=4, dts=4),  # no session at all
     ]
     items = list(good)
     for i, msg in enumerate(forged):
@@ -335,7 +323,7 @@ def test_a_flood_of_large_decoders_stays_within_the_memory_budget(case: _Case) -
     with 2048x2048). With ``decode.memory_mb`` the least recently active decoders are evicted and the worker's peak
     RSS stays near the budget; the flood's frames are still decoded and published, nothing is dead-lettered."""
     sid, good = case.good()
-    idr = _h264_keyframe(960, 960)
+    idr = h264_keyframe(960, 960)
     flood = [
         (f"big{i}".encode(), encode(_packet(f"big{i}", idr, width=960, height=960, session="flood")))
         for i in range(200)

@@ -15,6 +15,7 @@ import itertools
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from expnet_stream.worker.pipeline import Source
 from expnet_stream.worker.resume import STATE_MAC_HEADER, find_rewind, state_mac
 from expnet_stream.worker.runtime import build_detector, build_engine
 from expnet_stream.worker.worker import Worker
-from tests.conftest import broker_settings, make_face_video
+from tests.conftest import broker_settings, h264_keyframe, make_face_video
 from tests.integration.fleet_util import Collector, start_ingester, start_worker, stop, worker_config
 
 pytestmark = pytest.mark.integration
@@ -169,6 +170,56 @@ def _odd(stream_ids: list[str]) -> st.SearchStrategy[tuple[str, bytes]]:
     return st.one_of(packet, start, end, state).map(lambda m: (m.stream_id, encode(m)))
 
 
+def _forged() -> st.SearchStrategy[Callable[[str, float], Any]]:
+    """Records of another sender (another session, or none) for the good stream while it is live: ``stream_start``,
+    ``stream_end`` (any count and reason, ``idle`` included), keyframes (garbage or a real IDR of another picture) and
+    other packets, at the stream's own time or up to a minute ahead. Each is a function of (stream id, its time)."""
+    session = st.sampled_from(["intruder", None])
+    ahead = st.floats(-1.0, 60.0)
+    start = st.builds(
+        lambda se, dt: (
+            lambda sid, now: StreamStart(
+                stream_id=sid, session=se, codec="h264", width=160, height=120, time_base=(1, 25), sent_time=now + dt
+            )
+        ),
+        session,
+        ahead,
+    )
+    end = st.builds(
+        lambda se, n, r, dt: (
+            lambda sid, now: StreamEnd(stream_id=sid, session=se, packets=n, reason=r, sent_time=now + dt)
+        ),
+        session,
+        st.integers(0, 2**62),
+        st.sampled_from(["eof", "idle", "x"]),
+        ahead,
+    )
+    packet = st.builds(
+        lambda se, key, data, seq, dt: (
+            lambda sid, now: VideoPacket.model_validate(
+                {
+                    **_PACKET,
+                    "v": 2,
+                    "stream_id": sid,
+                    "session": se,
+                    "keyframe": key,
+                    "data": data,
+                    "seq": seq,
+                    "pts": seq,
+                    "dts": seq,
+                    "capture_time": now + dt,
+                }
+            )
+        ),
+        session,
+        st.booleans(),
+        st.sampled_from([b"\x00\x00\x00\x01\x65", h264_keyframe(160, 120)]),
+        st.integers(0, 12),
+        ahead,
+    )
+    return st.one_of(start, end, packet)
+
+
 @pytest.fixture(scope="module")
 def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("hostile") / "clip.mp4"
@@ -195,17 +246,29 @@ def test_hostile_records_never_stop_the_worker(
     clip = list(iter_stream_messages(str(short_clip), "good"))
     n_frames = sum(isinstance(m, VideoPacket) for m in clip)
     counter = itertools.count()
-    tally = {"records": 0, "refused": 0, "odd": 0}
+    tally = {"records": 0, "refused": 0, "odd": 0, "forged": 0}
 
     @hsettings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(
         refused=st.lists(_refused(), min_size=1, max_size=6),
         odd=st.lists(_odd(["h0", "h1", "h2"]), max_size=6),
+        forged=st.lists(_forged(), max_size=4),
         data=st.data(),
     )
-    def run(refused: list[bytes], odd: list[tuple[str, bytes]], data: st.DataObject) -> None:
+    def run(
+        refused: list[bytes],
+        odd: list[tuple[str, bytes]],
+        forged: list[Callable[[str, float], Any]],
+        data: st.DataObject,
+    ) -> None:
         sid = f"good{next(counter)}"
-        good = [(sid.encode(), encode(m.model_copy(update={"stream_id": sid}))) for m in clip]
+        now = time.time()  # a live stream: captured now
+        good = [
+            (sid.encode(), encode(m.model_copy(update={"stream_id": sid, "capture_time": now})))
+            if isinstance(m, VideoPacket)
+            else (sid.encode(), encode(m.model_copy(update={"stream_id": sid, "sent_time": now})))
+            for m in clip
+        ]
         bad = [(data.draw(st.sampled_from([sid.encode(), b"h0", None])), v) for v in refused]
         weird = [(k.encode(), v) for k, v in odd]
         for v in refused:  # the reference: the schema refuses each (else hypothesis generated a valid one)
@@ -213,21 +276,27 @@ def test_hostile_records_never_stop_the_worker(
                 decode(v)
         # bad and odd records at random places between the good stream's messages
         items: list[tuple[bytes | None, bytes | None, str]] = [(k, v, "good") for k, v in good]
+        for make in forged:  # while the good stream is live: after its start, before its end
+            items.insert(data.draw(st.integers(1, len(items) - 1)), (sid.encode(), encode(make(sid, now)), "forged"))
         for k, v in bad:
             items.insert(data.draw(st.integers(0, len(items))), (k, v, "refused"))
         for k, v in weird:
             items.insert(data.draw(st.integers(0, len(items))), (k, v, "odd"))
         where = _send_all(producer, settings.topics.input, [(k, v) for k, v, _ in items])
         refused_at = {src for src, (_, _, kind) in zip(where, items, strict=True) if kind == "refused"}
+        forged_at = {src for src, (_, _, kind) in zip(where, items, strict=True) if kind == "forged"}
         tally["records"] += len(items)
         tally["refused"] += len(refused_at)
         tally["odd"] += len(weird)
+        tally["forged"] += len(forged_at)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             worker.step()
             summaries = [e for e in out.events() if isinstance(e, StreamSummary) and e.stream_id == sid]
-            lettered = {(e.source_partition, e.source_offset) for e in dlq.events() if isinstance(e, DeadLetter)}
-            if summaries and refused_at <= lettered and _drained(worker, settings):
+            letters = [e for e in dlq.events() if isinstance(e, DeadLetter)]
+            lettered = {(e.source_partition, e.source_offset) for e in letters}
+            foreign = {(e.source_partition, e.source_offset) for e in letters if e.reason == "foreign_session"}
+            if summaries and refused_at <= lettered and forged_at <= foreign and _drained(worker, settings):
                 break
         else:
             stuck = {p: sorted(t._open)[:5] for p, t in worker.commits.ledger.trackers.items() if t.pending}
@@ -236,6 +305,7 @@ def test_hostile_records_never_stop_the_worker(
             }
             pytest.fail(
                 f"not done in 90 s: summary={bool(summaries)} dlq_missing={refused_at - lettered} "
+                f"forged_not_refused={forged_at - foreign} "
                 f"pending={stuck} streams={open_streams} queued={worker.pipeline.queued}"
             )
         frames = [e for e in out.events() if isinstance(e, FrameEvent) and e.stream_id == sid]
@@ -256,7 +326,7 @@ def test_hostile_records_never_stop_the_worker(
         f"hostile: records={tally} dead_letters={dict(worker.stats.dead_letters)} "
         f"idle_closed={worker.stats.idle_closed}"
     )
-    assert "invalid_fields" in reasons and worker.stats.idle_closed > 0
+    assert "invalid_fields" in reasons and worker.stats.idle_closed > 0 and tally["forged"] > 0
 
 
 # ------------------------------------------------------------------------------------------ silent streams

@@ -21,7 +21,7 @@ from expnet_stream.aggregate.temporal import StreamTemporal
 from expnet_stream.config.settings import IdleSettings, WorkerSettings
 from expnet_stream.engines.base import Engine
 from expnet_stream.errors import DecodeError
-from expnet_stream.events.schema import IDLE, StreamEnd, TrackState
+from expnet_stream.events.schema import IDLE, StreamEnd, TrackState, VideoPacket
 from expnet_stream.faces.detections import Detections
 from expnet_stream.models.contract import PreprocessContract
 from expnet_stream.video.decode import DecodedFrame
@@ -30,6 +30,7 @@ from expnet_stream.worker.commits import CommitLedger
 from expnet_stream.worker.face_finder import FaceFinder
 from expnet_stream.worker.finisher import Finisher
 from expnet_stream.worker.idle import silent
+from expnet_stream.worker.intake import Intake
 from expnet_stream.worker.partitions import input_drained, plan_backpressure
 from expnet_stream.worker.publisher import make_dead_letter
 from expnet_stream.worker.schedule import DetectionSchedule, Sampler, scene_cut
@@ -287,6 +288,29 @@ def test_batcher_due_and_take_whole_frames() -> None:
     faceless = WorkQueue()
     faceless.append(_frame_work(table))
     assert Batcher(_IdOnlyEngine(), faceless, stages=StageTimes()).due()
+
+
+# ------------------------------------------------------------------------------------------------ intake
+def test_a_replay_decides_session_takeovers_as_the_first_reading_did() -> None:
+    """A live stream of session A (last packet at T, two minutes ago) and another session's keyframe claiming T+60:
+    read when it was written (its record timestamp T), the claim counts only 5 s ahead and the stream is not silent
+    long enough to change hands (``foreign_session``). A takeover re-reading the same record now must decide the
+    same, not measure the claim against today's clock (60 s of "silence": taken over). No packet is decoded here."""
+    table, queue = StreamTable(), WorkQueue()
+    finisher = Finisher(_IdOnlyEngine(), table, queue, emit=lambda e, s: None, done=lambda s: None)
+    intake = Intake(table, queue, finisher, sampler=Sampler(None), stages=StageTimes(), session_takeover_s=10.0)
+    t = time.time() - 120.0
+    state = table.open("s", 0)
+    state.session, state.last_capture = "A", t
+    forged = VideoPacket(
+        stream_id="s", session="B", seq=9, pts=9, dts=9, time_base=(1, 25), keyframe=True, codec="h264",
+        extradata=None, width=16, height=16, data=b"\x00\x00\x00\x01\x65", capture_time=t + 60.0,
+    )  # fmt: skip
+    for replay in (False, True):
+        with pytest.raises(DecodeError) as err:
+            intake.handle(forged, Source(0, 7), replay, arrived=t)
+        assert err.value.reason == "foreign_session"
+    assert table.get("s") is state and state.session == "A"
 
 
 # ------------------------------------------------------------------------------------------------ finisher
