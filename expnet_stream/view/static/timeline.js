@@ -44,7 +44,7 @@ class Timeline {
     const W = c.width, H = c.height, left = 48, right = 8, top = 6, axis = 18, legend = 20;
     g.clearRect(0, 0, W, H);
     const ids = [...this.tracks.keys()].sort((a, b) => a - b).slice(-8);
-    const laneH = Math.max(12, (H - top - axis - legend) / Math.max(1, ids.length));
+    const laneH = Math.min(40, Math.max(12, (H - top - axis - legend) / Math.max(1, ids.length)));
     const plotW = W - left - right;
     const from = this.latest - this.seconds;
     const x = (t) => left + ((t - from) / this.seconds) * plotW;
