@@ -109,9 +109,11 @@ def cmd_view(args: argparse.Namespace) -> int:
     from ..config.settings import load_settings
     from ..errors import ConfigError
     from ..kafka.reach import require_broker
+    from ..view import require_view_extra
     from ..view.server import ViewServer
     from ..view.service import ViewService
 
+    require_view_extra()  # before anything connects: the install command, not a traceback
     worker = load_settings(args.config, kafka_overrides(args))
     require_broker(worker.kafka.bootstrap)
     try:

@@ -6,4 +6,18 @@ Needs the ``view`` extra (``pip install 'expnet-stream[view]'``); importing :mod
 
 from __future__ import annotations
 
+from ..errors import OptionalDependencyError
 from .settings import ViewSettings as ViewSettings
+
+INSTALL_HINT = "expnet-stream view needs the `view` extra: pip install 'expnet-stream[view]' (starlette, uvicorn)"
+
+
+def require_view_extra() -> None:
+    """:class:`OptionalDependencyError` with the install command when starlette or uvicorn is missing."""
+    import importlib
+
+    for name in ("starlette", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise OptionalDependencyError(f"{INSTALL_HINT}; missing: {name}") from exc

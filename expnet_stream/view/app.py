@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..errors import OptionalDependencyError
+from . import INSTALL_HINT
 
 try:
     from starlette.applications import Starlette
@@ -35,10 +36,8 @@ try:
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
-except ImportError as exc:  # pragma: no cover - exercised by the packaging test without the extra
-    raise OptionalDependencyError(
-        "expnet-stream view needs the `view` extra: pip install 'expnet-stream[view]' (starlette, uvicorn)"
-    ) from exc
+except ImportError as exc:  # pragma: no cover - tests/unit/test_view.py runs the command without starlette
+    raise OptionalDependencyError(INSTALL_HINT) from exc
 
 from .hub import Channel, LimitReached
 from .picture import Picture
@@ -160,8 +159,21 @@ class PushResponse(Response):
             self.cleanup()
 
 
-def _sse(kind: str, data: Any) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def safe_json(data: Any) -> str:
+    """JSON with ``<``, ``>`` and ``&`` as unicode escapes: an event's text can never read as markup, even to a
+    client that sniffs; newlines are always escaped, so an SSE ``data:`` line stays one line."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+class SafeJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return safe_json(content).encode()
+
+
+def sse(kind: str, data: Any) -> bytes:
+    """One Server-Sent Event (its kind is one of the view's own names, never an event's text)."""
+    return f"event: {kind}\ndata: {safe_json(data)}\n\n".encode()
 
 
 def build_app(service: ViewService) -> ASGIApp:
@@ -180,17 +192,17 @@ def build_app(service: ViewService) -> ASGIApp:
         return Response((STATIC / name).read_bytes(), media_type="text/html; charset=utf-8")
 
     async def streams(request: Request) -> Response:
-        return JSONResponse({"now": time.time(), "streams": service.table.rows(), "view": service.status()})
+        return SafeJSONResponse({"now": time.time(), "streams": service.table.rows(), "view": service.status()})
 
     async def stream_detail(request: Request) -> Response:
         sid = stream_id(request)
         detail = service.table.detail(sid, settings.timeline_s)
         if detail is None:
-            return JSONResponse({"error": "no such stream (not seen in the last minutes)", "stream": sid}, 404)
-        return JSONResponse(detail)
+            return SafeJSONResponse({"error": "no such stream (not seen in the last minutes)", "stream": sid}, 404)
+        return SafeJSONResponse(detail)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(service.status())
+        return SafeJSONResponse(service.status())
 
     async def events(request: Request) -> Response:
         sid = stream_id(request)
@@ -205,19 +217,19 @@ def build_app(service: ViewService) -> ASGIApp:
             slot.__exit__(None, None, None)
 
         async def chunks() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n" + _sse("snapshot", service.table.detail(sid, settings.timeline_s))
+            yield b"retry: 2000\n\n" + sse("snapshot", service.table.detail(sid, settings.timeline_s))
             last_row = 0.0
             while True:
                 items = await channel.get(1.0)
                 if items is None:
                     return
-                out = [_sse(item["kind"], item) for item in items]
+                out = [sse(item["kind"], item) for item in items]
                 if channel.dropped:
-                    out.append(_sse("dropped", {"count": channel.dropped}))
+                    out.append(sse("dropped", {"count": channel.dropped}))
                     channel.dropped = 0
                 if time.monotonic() - last_row >= 1.0:  # the state changes with time alone (live -> idle)
                     last_row = time.monotonic()
-                    out.append(_sse("row", service.table.state_of(sid)))
+                    out.append(sse("row", service.table.state_of(sid)))
                 yield b"".join(out)
 
         return PushResponse(chunks, "text/event-stream", cleanup)
@@ -258,7 +270,7 @@ def build_app(service: ViewService) -> ASGIApp:
         if not isinstance(exc, LimitReached):  # registered for LimitReached only
             raise exc
         headers = {"retry-after": "5"} if exc.status in (429, 503) else None
-        return JSONResponse({"error": str(exc)}, exc.status, headers=headers)
+        return SafeJSONResponse({"error": str(exc)}, exc.status, headers=headers)
 
     routes = [
         Route("/", page),

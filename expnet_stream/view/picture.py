@@ -262,7 +262,7 @@ class Pictures:
             if entry[1]:
                 return
             del self._watchers[stream_id]
-        entry[0].stop()
+        entry[0].stop(timeout_s=0)  # called on the web app's event loop: never waits for the thread
         log.info("view: stopped watching stream=%s", stream_id)
 
     def on_frame(self, ev: FrameEvent) -> None:

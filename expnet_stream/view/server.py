@@ -9,7 +9,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import ConfigError, OptionalDependencyError
+from ..errors import ConfigError
 from .service import ViewService
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,11 @@ class ViewServer:
     """``service`` served on ``host:port`` (port 0: any free port) by uvicorn on a daemon thread."""
 
     def __init__(self, service: ViewService) -> None:
-        try:
-            import uvicorn
-        except ImportError as exc:
-            raise OptionalDependencyError(
-                "expnet-stream view needs the `view` extra: pip install 'expnet-stream[view]' (starlette, uvicorn)"
-            ) from exc
+        from . import require_view_extra
+
+        require_view_extra()
+        import uvicorn
+
         from .app import build_app
 
         self.service = service
