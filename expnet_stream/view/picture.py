@@ -75,7 +75,7 @@ class PictureWatcher:
         self._events_lock = threading.Lock()
         self._pending: deque[tuple[DecodedFrame, float]] = deque(maxlen=MAX_PENDING_FRAMES)
         self._last_drawn: FrameEvent | None = None
-        self._last_sent = 0.0
+        self._next_due = 0.0
         self.sent = 0
         self.decoded = 0
         self.errors = 0
@@ -183,11 +183,13 @@ class PictureWatcher:
             choice = self._pending.popleft()
         if choice is None:
             return
-        if now - self._last_sent < 1.0 / self.settings.picture_fps:
+        if now < self._next_due:
             self._pending.appendleft(choice)  # still the newest ready one when the next picture is due
             return
         frame, capture_time = choice
-        self._last_sent = now
+        interval = 1.0 / self.settings.picture_fps
+        # a schedule of slots, not "interval after the last": picture_fps on average whatever the frames' phase
+        self._next_due = max(self._next_due + interval, now - interval / 2)
         ev, held = self._faces_for(frame)
         image = frame.image.copy() if not frame.image.flags.writeable else frame.image
         if ev is not None and ev.faces:
