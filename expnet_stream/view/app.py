@@ -260,7 +260,7 @@ def build_app(service: ViewService) -> ASGIApp:
                     head = (
                         f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(p.jpeg)}\r\n"
                         f"X-Capture-Time: {p.capture_time:.3f}\r\nX-Pts-Time: {p.pts_time:.3f}\r\n"
-                        f"X-Picture-Seq: {p.seq}\r\nX-Faces: {p.faces}\r\n\r\n"
+                        f"X-Picture-Seq: {p.seq}\r\nX-Faces: {p.faces}\r\nX-Matched: {int(p.matched)}\r\n\r\n"
                     )
                     yield head.encode() + p.jpeg + b"\r\n"
 
