@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Picture", "PictureWatcher", "Pictures"]
 
 MAX_EVENTS_PER_STREAM = 256
-MAX_PENDING_FRAMES = 64
+MAX_PENDING_BYTES = 48 * 1024 * 1024
+"""Decoded frames waiting for their events, per watched stream (about 200 frames of 640x360, 2 of 4K)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class PictureWatcher:
         self._events: OrderedDict[int, FrameEvent] = OrderedDict()  # by pts
         self._latest_event_pts = -1
         self._events_lock = threading.Lock()
-        self._pending: deque[tuple[DecodedFrame, float]] = deque(maxlen=MAX_PENDING_FRAMES)
+        self._pending: deque[tuple[DecodedFrame, float]] = deque()
         self._last_drawn: FrameEvent | None = None
         self._next_due = 0.0
         self.sent = 0
@@ -157,7 +158,9 @@ class PictureWatcher:
             self.ended = False
         elif isinstance(msg, StreamEnd):
             self.ended = True
-            self._pending.extend((f, time.time()) for f in self.decoder.flush())
+            flushed = self.decoder.flush()  # the frames a decoder holds back (B-frames) until the end
+            self.decoded += len(flushed)
+            self._queue([(f, time.time()) for f in flushed])
         elif isinstance(msg, VideoPacket):
             if time.time() - msg.capture_time > 30 and not msg.keyframe and self.decoder.waiting_for_keyframe:
                 return
@@ -168,7 +171,19 @@ class PictureWatcher:
                 return
             self.ended = False
             self.decoded += len(frames)
-            self._pending.extend((f, msg.capture_time) for f in frames)
+            self._queue([(f, msg.capture_time) for f in frames])
+
+    def _queue(self, frames: list[tuple[DecodedFrame, float]]) -> None:
+        """Queue decoded frames; a frame that a newer ready frame supersedes goes at once (so reading back to a
+        keyframe holds one frame, not hundreds), and the queue never holds more than ``MAX_PENDING_BYTES``."""
+        now = time.time()
+        for item in frames:
+            self._pending.append(item)
+            while len(self._pending) >= 2 and self._ready(*self._pending[1], now):
+                self._pending.popleft()
+            cap = max(2, MAX_PENDING_BYTES // max(1, item[0].image.nbytes))
+            while len(self._pending) > cap:
+                self._pending.popleft()
 
     def _ready(self, frame: DecodedFrame, capture_time: float, now: float) -> bool:
         if now - capture_time >= self.settings.picture_wait_s:

@@ -307,3 +307,50 @@ def test_a_clear_error_without_the_view_extra() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     assert "pip install 'expnet-stream[view]'" in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ the picture
+def test_the_picture_is_decoded_drawn_and_bounded(face_video: tuple[Path, list[bool]]) -> None:
+    """Real packets of a real H.264 file through the watcher's decoder; the faces of the frame events drawn by the
+    annotators of `annotate`; a read-back to a keyframe holds one decoded frame, not all of them."""
+    import cv2
+
+    from expnet_stream.events.codec import encode
+    from expnet_stream.video.draw import draw_faces
+    from expnet_stream.video.ingest import iter_stream_messages
+    from expnet_stream.view.picture import Picture, PictureWatcher
+
+    kafka = load_settings(None, {}).kafka
+    video, has_face = face_video
+    messages = [encode(m) for m in iter_stream_messages(str(video), "cam")]
+
+    late: list[Picture] = []  # no events at all: every frame is drawn bare, without waiting
+    bare = PictureWatcher("cam", kafka, "in", ViewSettings(picture_wait_s=0), late.append, group_id="g")
+    for value in messages:
+        bare._on_record(value)
+        assert len(bare._pending) <= 1
+    bare._emit(time.time())
+    assert bare.decoded == len(has_face) and bare.ended and len(late) == 1 and late[0].faces == 0
+
+    pictures: list[Picture] = []
+    watcher = PictureWatcher("cam", kafka, "in", ViewSettings(picture_wait_s=60), pictures.append, group_id="g")
+    for value in messages[:-1]:
+        watcher._on_record(value)  # no event yet: the frames wait (up to picture_wait_s)
+    assert len(watcher._pending) == watcher.decoded > 10
+    watcher._emit(time.time())
+    assert pictures == []
+    last = watcher._pending[-1][0]
+    ev = frame("cam", time.time(), seq=len(has_face) - 1).model_copy(update={"pts": last.pts})
+    watcher.on_event(ev)
+    watcher._emit(time.time())
+    assert len(pictures) == 1 and len(watcher._pending) == 0, "the newest matched frame goes, older ones with it"
+    p = pictures[0]
+    assert p.matched and p.faces == 1 and p.pts_time == pytest.approx(last.pts_time)
+    image = cv2.imdecode(np.frombuffer(p.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    expected = draw_faces(last.image.copy(), ev.faces)
+    assert image.shape == expected.shape
+    assert np.abs(image.astype(int) - expected.astype(int)).mean() < 3  # the annotators' drawing, JPEG-compressed
+    assert np.abs(image.astype(int) - last.image.astype(int)).mean() > 0.5  # and something was drawn
+
+    stranger = PictureWatcher("other", kafka, "in", ViewSettings(), pictures.append, group_id="g")
+    assert stranger._key == b"other"  # records of other streams are skipped by key before unpacking
