@@ -34,12 +34,21 @@ def _top(emotions: dict[str, float] | None) -> tuple[str | None, float | None]:
 
 
 def compact_frame(ev: FrameEvent, receive_time: float) -> dict[str, Any]:
-    """What a page needs of a frame event: times, and per face its track, box and top emotion."""
+    """What a page needs of a frame event: times, and per face its track, box, top emotion (raw and smoothed)."""
     faces = []
     for f in ev.faces:
-        emotions = f.emotions_smoothed or f.emotions
-        top, p = _top(emotions)
-        faces.append({"track": f.track_id, "top": top, "p": p, "box": [round(v, 1) for v in f.box]})
+        top, p = _top(f.emotions)  # as the picture's label says
+        smooth_top, smooth_p = _top(f.emotions_smoothed) if f.emotions_smoothed else (top, p)
+        faces.append(
+            {
+                "track": f.track_id,
+                "top": top,
+                "p": p,
+                "smooth_top": smooth_top,  # the track's smoothed emotion: the timeline's, flickers less
+                "smooth_p": smooth_p,
+                "box": [round(v, 1) for v in f.box],
+            }
+        )
     return {
         "kind": "frame",
         "stream": ev.stream_id,

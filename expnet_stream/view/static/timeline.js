@@ -14,7 +14,8 @@ class Timeline {
     const t = frame.capture_time;
     this.latest = Math.max(this.latest, t);
     for (const f of frame.faces) {
-      if (f.track < 0 || !f.top) continue;
+      const top = f.smooth_top || f.top, p = f.smooth_top ? f.smooth_p : f.p;
+      if (f.track < 0 || !top) continue;
       let pts = this.tracks.get(f.track);
       if (!pts) {
         pts = [];
@@ -24,7 +25,7 @@ class Timeline {
           this.tracks.delete(oldest);
         }
       }
-      pts.push({t, top: f.top, p: f.p || 0});
+      pts.push({t, top, p: p || 0});
       if (pts.length > this.maxPoints) pts.splice(0, pts.length - this.maxPoints);
     }
     function last(p) { return p.length ? p[p.length - 1].t : 0; }
@@ -40,11 +41,14 @@ class Timeline {
   }
   draw() {
     this.prune();
-    const c = this.canvas, g = c.getContext("2d");
-    const W = c.width, H = c.height, left = 48, right = 8, top = 6, axis = 18, legend = 20;
-    g.clearRect(0, 0, W, H);
+    const c = this.canvas;
+    const left = 48, right = 8, top = 6, axis = 18, legend = 22, laneH = 36;
     const ids = [...this.tracks.keys()].sort((a, b) => a - b).slice(-8);
-    const laneH = Math.min(40, Math.max(12, (H - top - axis - legend) / Math.max(1, ids.length)));
+    const height = top + Math.max(1, ids.length) * laneH + axis + legend;
+    if (c.height !== height) c.height = height; // one lane per track (up to 8), no empty space below
+    const g = c.getContext("2d");
+    const W = c.width, H = c.height;
+    g.clearRect(0, 0, W, H);
     const plotW = W - left - right;
     const from = this.latest - this.seconds;
     const x = (t) => left + ((t - from) / this.seconds) * plotW;
