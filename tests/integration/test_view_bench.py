@@ -23,7 +23,7 @@ def test_view_bench_quick(tmp_path: Path) -> None:
     )
     assert json_path == tmp_path / "out" / "view.json" and png_path.stat().st_size > 1000
     data = json.loads(json_path.read_text())
-    assert data["summary"]["pictures_per_s_min"] == pytest.approx(result["summary"]["pictures_per_s_min"], rel=1e-3)
+    assert data["summary"]["watched_streams"] == result["summary"]["watched_streams"] == 1
     summary = data["summary"]
     assert summary["watched_streams"] == 1 and summary["capacity_frames_per_s"] > 0
     half = data["samples"]["half_load"]
