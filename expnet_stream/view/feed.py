@@ -136,11 +136,14 @@ class EventFeed:
             )
             return
         self.events += 1
+        item: dict[str, Any] | None = None
         if isinstance(ev, FrameEvent):
-            self.fanout.publish(ev.stream_id, self.table.on_frame(ev, now))
-            if self.on_frame is not None:
+            item = self.table.on_frame(ev, now)
+            if item is not None and self.on_frame is not None:
                 self.on_frame(ev)
         elif isinstance(ev, EmotionAggregate):
-            self.fanout.publish(ev.stream_id, self.table.on_aggregate(ev))
+            item = self.table.on_aggregate(ev)
         elif isinstance(ev, StreamSummary):
-            self.fanout.publish(ev.stream_id, self.table.on_summary(ev))
+            item = self.table.on_summary(ev)
+        if item is not None:  # None: the table refused it (its bounds), the pages never see it
+            self.fanout.publish(str(item["stream"]), item)

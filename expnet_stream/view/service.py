@@ -67,5 +67,6 @@ class ViewService:
             "max_clients": self.settings.max_clients,
             "max_watched": self.settings.max_watched,
             "events": self.feed.events,
+            "events_refused": dict(self.table.refused),
             "ready": self.feed.ready.is_set(),
         }

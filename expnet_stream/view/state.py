@@ -7,6 +7,7 @@ method takes the table's lock. Times of "last heard" are the events' own publish
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -24,6 +25,49 @@ MAX_TIMELINE_POINTS = 3000
 """Compact frames kept per stream for a new page's timeline (60 s at 50 frames/s)."""
 MAX_TRACK_AGGREGATES = 32
 """Latest window aggregates kept per stream, one per track (the stream's own, track -1, always)."""
+MAX_ID_CHARS = 256
+MAX_FACES = 64
+MAX_CLASSES = 32
+MAX_CLASS_CHARS = 64
+MAX_CLOCK_AHEAD_S = 5.0
+"""An event published "in the future" by a skewed clock counts as published at most this far ahead."""
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is None or math.isfinite(v) for v in values)
+
+
+def _classes_ok(emotions: dict[str, float] | None) -> bool:
+    if not emotions:
+        return True
+    return (
+        len(emotions) <= MAX_CLASSES
+        and all(len(k) <= MAX_CLASS_CHARS for k in emotions)
+        and _finite(*emotions.values())
+    )
+
+
+def refusal(ev: FrameEvent | EmotionAggregate | StreamSummary) -> str | None:
+    """Why the view passes over an event (None: it takes it). The schema leaves these open; the view's bounds do not:
+    a stream id over 256 characters, a non-finite time or number, over 64 faces, over 32 emotion classes or a class
+    name over 64 characters."""
+    if not 0 < len(ev.stream_id) <= MAX_ID_CHARS:
+        return "stream_id"
+    if not _finite(ev.publish_time):
+        return "time"
+    if isinstance(ev, FrameEvent):
+        if not _finite(ev.pts_time, ev.capture_time) or len(ev.faces) > MAX_FACES:
+            return "frame"
+        for f in ev.faces:
+            if not (_finite(*f.box) and _classes_ok(f.emotions) and _classes_ok(f.emotions_smoothed)):
+                return "face"
+    elif isinstance(ev, EmotionAggregate):
+        numbers = (ev.window_start, ev.window_end, ev.dominant_share, ev.stability)
+        if not (_finite(*numbers) and _classes_ok(ev.emotions)):
+            return "aggregate"
+        if ev.dominant_emotion is not None and len(ev.dominant_emotion) > MAX_CLASS_CHARS:
+            return "aggregate"
+    return None
 
 
 def _top(emotions: dict[str, float] | None) -> tuple[str | None, float | None]:
@@ -132,6 +176,7 @@ class StreamTable:
         self._streams: OrderedDict[str, StreamRecord] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
+        self.refused: dict[str, int] = {}  # events passed over, by reason (:func:`refusal`)
 
     def __len__(self) -> int:
         with self._lock:
@@ -150,25 +195,36 @@ class StreamTable:
             rec.last_seen = max(rec.last_seen, t)
         return rec
 
-    def on_frame(self, ev: FrameEvent, receive_time: float) -> dict[str, Any]:
-        """Count a frame event; returns its compact form (what pages get)."""
+    def _refused(self, ev: FrameEvent | EmotionAggregate | StreamSummary) -> bool:
+        why = refusal(ev)
+        if why is not None:
+            self.refused[why] = self.refused.get(why, 0) + 1
+        return why is not None
+
+    def on_frame(self, ev: FrameEvent, receive_time: float) -> dict[str, Any] | None:
+        """Count a frame event; returns its compact form (what pages get), None when :func:`refusal` refuses it."""
+        if self._refused(ev):
+            return None
         compact = compact_frame(ev, receive_time)
+        t = min(ev.publish_time, time.time() + MAX_CLOCK_AHEAD_S)
         with self._lock:
-            rec = self._record(ev.stream_id, ev.publish_time)
-            if rec.ended is not None and ev.publish_time > rec.ended_at + 1.0:
+            rec = self._record(ev.stream_id, t)
+            if rec.ended is not None and t > rec.ended_at + 1.0:
                 rec.ended = None  # the stream started again
             rec.width, rec.height = ev.width, ev.height
             rec.frames += 1
             rec.faces_now = len(ev.faces)
             rec.lag_s = receive_time - ev.capture_time
-            rec.times.append(ev.publish_time)
+            rec.times.append(t)
             rec.timeline.append(compact)
         return compact
 
-    def on_aggregate(self, ev: EmotionAggregate) -> dict[str, Any]:
+    def on_aggregate(self, ev: EmotionAggregate) -> dict[str, Any] | None:
+        if self._refused(ev):
+            return None
         compact = compact_aggregate(ev)
         with self._lock:
-            rec = self._record(ev.stream_id, ev.publish_time)
+            rec = self._record(ev.stream_id, min(ev.publish_time, time.time() + MAX_CLOCK_AHEAD_S))
             if ev.track_id < 0:
                 rec.dominant = ev.dominant_emotion
             rec.aggregates[ev.track_id] = compact
@@ -178,13 +234,17 @@ class StreamTable:
                 rec.aggregates.pop(oldest if oldest is not None else next(iter(rec.aggregates)))
         return compact
 
-    def on_summary(self, ev: StreamSummary) -> dict[str, Any]:
+    def on_summary(self, ev: StreamSummary) -> dict[str, Any] | None:
+        if self._refused(ev):
+            return None
+        t = min(ev.publish_time, time.time() + MAX_CLOCK_AHEAD_S)
+        reason = ev.end_reason[:200]
         with self._lock:
-            rec = self._record(ev.stream_id, ev.publish_time)
-            rec.ended, rec.ended_at = ev.end_reason, ev.publish_time
+            rec = self._record(ev.stream_id, t)
+            rec.ended, rec.ended_at = reason, t
             rec.faces_now = 0
             state = rec.state(time.time(), self.idle_after_s)
-        return {"kind": "state", "stream": ev.stream_id, "state": state, "end_reason": ev.end_reason}
+        return {"kind": "state", "stream": ev.stream_id, "state": state, "end_reason": reason}
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget the streams not heard of for ``forget_after_s``; returns their ids."""

@@ -354,3 +354,22 @@ def test_the_picture_is_decoded_drawn_and_bounded(face_video: tuple[Path, list[b
 
     stranger = PictureWatcher("other", kafka, "in", ViewSettings(), pictures.append, group_id="g")
     assert stranger._key == b"other"  # records of other streams are skipped by key before unpacking
+
+
+def test_hostile_numbers_and_sizes_are_passed_over() -> None:
+    """What the schema leaves open (non-finite times, huge ids, many classes) never reaches a page or the JSON."""
+    table = StreamTable()
+    now = time.time()
+    nan = frame("cam", now).model_copy(update={"capture_time": float("nan")})
+    long_id = frame("x" * 300, now)
+    many = frame("cam", now, classes=tuple(f"c{i}" for i in range(40)))
+    assert table.on_frame(nan, now) is None and table.on_frame(long_id, now) is None
+    assert table.on_frame(many, now) is None
+    assert table.on_summary(summary("cam", float("inf"))) is None
+    assert len(table) == 0 and table.refused == {"frame": 1, "stream_id": 1, "face": 1, "time": 1}
+    future = frame("cam", now + 1e9)  # a skewed clock: counted at most 5 s ahead, so the stream still expires
+    assert table.on_frame(future, now) is not None
+    assert table.expire(now + 400) == ["cam"]
+    svc = service()
+    svc.table.on_frame(frame("ok", now), now)
+    assert TestClient(build_app(svc)).get("/api/streams").status_code == 200
