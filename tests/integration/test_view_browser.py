@@ -3,7 +3,8 @@ command, driven by headless Chromium through Selenium.
 
 The stream appears on the streams page, its picture updates, an emotion label and the per-track timeline are drawn,
 and its end shows; a stream id and an emotion class made of HTML show as text. A screenshot of the stream page goes
-to the test's folder and to tests/integration/view_screenshot.png (the README's picture).
+to the test's folder and to build/view_screenshot.png; with EXPNET_UPDATE_SCREENSHOT=1 also to
+tests/integration/view_screenshot.png (the README's picture, committed).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOT = Path(__file__).with_name("view_screenshot.png")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "view_screenshot.png"  # a stable path (git-ignored)
+README_SCREENSHOT = Path(__file__).with_name("view_screenshot.png")  # the README's, rewritten when asked:
+UPDATE_ENV = "EXPNET_UPDATE_SCREENSHOT"  # EXPNET_UPDATE_SCREENSHOT=1 pytest tests/integration/test_view_browser.py
 HOSTILE_ID = "<img src=x onerror=\"document.title='pwned'\">cam"
 HOSTILE_CLASS = "<b>evil</b>"
 TOKEN = "t0k-en/with?odd=chars"
@@ -245,7 +248,10 @@ def test_view_in_a_browser(driver: Any, broker: EmbeddedBroker, topic_prefix: st
         )
         png = tmp_path / "view_stream.png"
         driver.save_screenshot(str(png))
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, SCREENSHOT)
+        if os.environ.get(UPDATE_ENV) == "1":
+            shutil.copyfile(png, README_SCREENSHOT)
         assert driver.title == "cam-live · expnet-stream view"
 
         # the end of the stream shows on its page
