@@ -287,6 +287,28 @@ def chart_crowd(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def chart_view(result: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    half = result["samples"]["half_load"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [2, 1]})
+    data = [s["delays_ms"] or [0.0] for s in half["streams"]]
+    a1.boxplot(data, whis=(1, 99), showfliers=False)
+    a1.set_xticks(range(1, len(data) + 1), [s["stream"] for s in half["streams"]])
+    a1.axhline(1000 * result["params"]["targets"]["delay_p95_s"], color="red", lw=0.8, ls="--", label="target")
+    a1.set_ylabel("capture-to-picture delay, ms")
+    a1.legend(fontsize=7)
+    a1.grid(alpha=0.3, axis="y")
+    rates = [s["pictures_per_s"] or 0.0 for s in half["streams"]]
+    cpu = 100 * (half["view_cpu_share_per_stream"] or 0.0)
+    a2.bar(["pictures/s\n(min)", "CPU %\nper stream"], [min(rates or [0.0]), cpu], color=["#4c72b0", "#dd8452"])
+    a2.axhline(result["params"]["targets"]["pictures_per_s"], color="#4c72b0", lw=0.8, ls="--")
+    a2.axhline(100 * result["params"]["targets"]["cpu_share_per_stream"], color="#dd8452", lw=0.8, ls="--")
+    fig.suptitle(
+        f"view at half load ({result['summary']['stream_fps']:.1f} fr/s per stream) — {_subtitle(result)}", fontsize=9
+    )
+    return _save(fig, path)
+
+
 CHARTS = {
     "engine": chart_engine,
     "pipeline": chart_pipeline,
@@ -297,4 +319,5 @@ CHARTS = {
     "bottlenecks": chart_ab,
     "detection": chart_detection,
     "crowd": chart_crowd,
+    "view": chart_view,
 }

@@ -26,6 +26,7 @@ SCENARIOS: dict[str, str] = {
     "detection": "`run` on the clip: previous defaults vs the detector on every frame vs tracker-driven detection",
     "crowd": "many small faces: the clip tiled 3x3/4x4/6x6 into 1280x720 through `run`, default vs every-frame "
     "detection",
+    "view": "the live view at half load: pictures/s per watched stream, capture-to-picture delay, the view's CPU",
 }
 ALL = ("engine", "pipeline", "decode", "latency", "landmarks", "scaling")
 """What ``bench all`` runs (``bottlenecks`` is run on its own)."""

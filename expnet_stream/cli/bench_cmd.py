@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "bench",
         help="run a benchmark scenario (engine, pipeline, decode, latency, landmarks, scaling, bottlenecks, detection, "
-        "crowd) or all",
+        "crowd, view) or all",
         description=__doc__,
     )
     s.add_argument("scenario", nargs="?", help="scenario name, or 'all' (every scenario but bottlenecks)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -72,6 +73,31 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, console: Console, settings: Any, videos: list[str], embedded: bool) -> int:
     ensure_topics(settings.kafka, settings.topics)
+    view = _start_view(console, settings, args) if getattr(args, "view", False) else None
+    try:
+        rc = _run_pipeline(args, console, settings, videos, embedded)
+        if view is not None:
+            console.print(f"the live view stays up: {view.url_with_token()}  (Ctrl-C stops)")
+            with contextlib.suppress(KeyboardInterrupt):
+                view.wait()
+        return rc
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _start_view(console: Console, settings: Any, args: argparse.Namespace) -> Any:
+    """``expnet-stream view`` beside the demo, on loopback (its token from EXPNET_VIEW_TOKEN, if set)."""
+    from ..view.server import ViewServer
+    from ..view.service import ViewService
+    from ..view.settings import ViewSettings
+
+    server = ViewServer(ViewService(settings, ViewSettings.with_env_token(port=args.view_port))).start()
+    console.print(f"[bold]live view: {server.url_with_token()}[/]")
+    return server
+
+
+def _run_pipeline(args: argparse.Namespace, console: Console, settings: Any, videos: list[str], embedded: bool) -> int:
     with console.status("loading model and detector (first run exports the ONNX model)"):
         rt = build_runtime(settings)
     engine, detector, emotion_out = rt.engine, rt.detector, rt.emotion_head

@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--sample-fps", type=float, default=None, help="frames per second to process per stream (default: every frame)"
     )
     s.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    s.add_argument(
+        "--view",
+        action="store_true",
+        help="also open the live view (expnet-stream view) on loopback and print its URL; it stays up after the "
+        "summary until Ctrl-C (default: off; needs the `view` extra)",
+    )
+    s.add_argument("--view-port", type=int, default=0, help="port of the view with --view (default: 0, any free port)")
     s.set_defaults(func=cmd_demo)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 #: The top-level help's groups, in order. Every command is in exactly one (tests/unit/test_cli_help.py checks).
 COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
-    "run it": ("demo", "ingest", "worker", "run", "tail", "annotate", "timeline", "mesh"),
+    "run it": ("demo", "ingest", "worker", "run", "tail", "view", "annotate", "timeline", "mesh"),
     "operate it": ("config", "schema", "build-engine", "engine-info"),
     "model": ("export-onnx", "import-official", "label", "select-basis", "choose-recipe", "train", "ship"),
     "evaluate": ("evaluate", "bench"),

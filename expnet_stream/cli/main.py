@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .annotate_cmd import register as register_annotate
 
     register_annotate(sub)
+    from .view_cmd import register as register_view
+
+    register_view(sub)
     finish(p)
     return p
 
