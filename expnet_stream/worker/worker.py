@@ -77,6 +77,7 @@ class Worker:
         self.health.set_engine_loaded(True)
         self._next_lag = 0.0
         self._decoders_evicted = 0
+        self._cut_partition: int | None = None  # the partition that spent the last cut round's budget
         self.stages = StageTimes(observer=self.metrics.observe_stage)
         self._stop = threading.Event()
         self._record_stream: str | None = None
@@ -275,11 +276,17 @@ class Worker:
         """Handle the polled records in partition order for at most ``max_step_s`` (at least one record), so that no
         run of costly records (large pictures, dense streams) keeps the loop from polling, committing and ticking
         ``/healthz``. The records left over are fetched again: each of their partitions is sought back to its first
-        unhandled offset (nothing of them was consumed). Returns the records handled."""
+        unhandled offset (nothing of them was consumed). After a cut the next round starts with the partition after
+        the one that spent the budget, so one partition of costly records cannot starve the others. Returns the
+        records handled."""
         budget = self.settings.max_step_s
         t0 = time.monotonic()
         n = 0
         parts = sorted(batches, key=lambda t: t.partition)
+        after = self._cut_partition
+        if after is not None:  # round robin: records of one partition keep their order, partitions need none
+            parts = [t for t in parts if t.partition > after] + [t for t in parts if t.partition <= after]
+        self._cut_partition = None
         for i, tp in enumerate(parts):
             records = batches[tp]
             for j, record in enumerate(records):
@@ -289,6 +296,7 @@ class Worker:
                     self.pipeline.pump()
                 if time.monotonic() - t0 >= budget and (j + 1 < len(records) or i + 1 < len(parts)):
                     self._refetch([(tp, records[j + 1 :]), *((t, batches[t]) for t in parts[i + 1 :])])
+                    self._cut_partition = tp.partition
                     return n
         return n
 
