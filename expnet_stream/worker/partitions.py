@@ -4,7 +4,7 @@ seek back, replay up to the commit), revoke and loss, and backpressure (pause th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -29,6 +29,16 @@ def plan_backpressure(queued: int, by_partition: dict[int, int], paused: set[int
         busiest = {p for p, _ in by_part[: max(1, len(by_part) // 2)]}
         return busiest - paused, False
     return set(), bool(paused) and queued <= limit // 2
+
+
+def round_robin(partitions: Iterable[TopicPartition], after: int | None) -> list[TopicPartition]:
+    """The order a poll round handles its partitions in: by partition, starting after ``after`` (the partition that
+    spent the previous round's time budget, wrapping round), so that each gets its turn first. A partition's own
+    records keep their order; partitions need none between them."""
+    parts = sorted(partitions, key=lambda t: t.partition)
+    if after is None:
+        return parts
+    return [t for t in parts if t.partition > after] + [t for t in parts if t.partition <= after]
 
 
 def input_drained(

@@ -39,7 +39,7 @@ from ..faces.detector import FaceDetector
 from ..ops import WorkerHealth, WorkerMetrics, partition_lag
 from .commits import CommitManager
 from .idle import IdleWatch
-from .partitions import PartitionManager, input_drained
+from .partitions import PartitionManager, input_drained, round_robin
 from .pipeline import EmotionClassifier, Pipeline, Source
 from .publisher import Publisher, WorkerStats, make_producer
 from .resume import RewindScans
@@ -282,10 +282,7 @@ class Worker:
         budget = self.settings.max_step_s
         t0 = time.monotonic()
         n = 0
-        parts = sorted(batches, key=lambda t: t.partition)
-        after = self._cut_partition
-        if after is not None:  # round robin: records of one partition keep their order, partitions need none
-            parts = [t for t in parts if t.partition > after] + [t for t in parts if t.partition <= after]
+        parts = round_robin(batches, self._cut_partition)
         self._cut_partition = None
         for i, tp in enumerate(parts):
             records = batches[tp]

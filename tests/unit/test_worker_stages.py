@@ -31,7 +31,7 @@ from expnet_stream.worker.face_finder import FaceFinder
 from expnet_stream.worker.finisher import Finisher
 from expnet_stream.worker.idle import silent
 from expnet_stream.worker.intake import Intake
-from expnet_stream.worker.partitions import input_drained, plan_backpressure
+from expnet_stream.worker.partitions import input_drained, plan_backpressure, round_robin
 from expnet_stream.worker.publisher import make_dead_letter
 from expnet_stream.worker.schedule import DetectionSchedule, Sampler, scene_cut
 from expnet_stream.worker.stages import StageTimes
@@ -409,6 +409,15 @@ def test_input_is_drained_only_when_the_poll_read_up_to_the_high_watermark() -> 
     assert not input_drained({a: 9}, high, 64, 64)  # a full poll: there may be more
     assert input_drained({a: 3}, lambda tp: None, 1, 64)  # no high watermark known yet
     assert input_drained({}, high, 0, 64)
+
+
+def test_after_a_cut_round_the_next_one_starts_with_the_next_partition() -> None:
+    """max_step_s: the partition that spent a round's budget goes last in the next round (round robin)."""
+    tps = [TopicPartition("in", p) for p in (2, 0, 3, 1)]
+    assert [t.partition for t in round_robin(tps, None)] == [0, 1, 2, 3]
+    assert [t.partition for t in round_robin(tps, 0)] == [1, 2, 3, 0]
+    assert [t.partition for t in round_robin(tps, 3)] == [0, 1, 2, 3]
+    assert [t.partition for t in round_robin(tps[:2], 1)] == [2, 0]  # the cut partition polled nothing this time
 
 
 # ------------------------------------------------------------------------------------------------ idle
