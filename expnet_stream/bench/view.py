@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from ..config.settings import load_settings
+from ..kafka.broker import free_port
 from ..kafka.topics import ensure_topics
 from .common import BenchError, Progress, latency_summary, new_result, ratio
 from .data import default_video, paced_copy, video_info
@@ -91,14 +92,6 @@ def _start_view(cfg: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), start_new_session=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _half_load(bb: BrokerBench, streams: list[StreamSpec], onnx: Path, seconds: float, **common: Any) -> dict[str, Any]:
     prefix = f"v{uuid.uuid4().hex[:8]}"
     cfg = worker_overrides(bb.bootstrap, prefix, onnx, partitions=2, **common)
@@ -107,7 +100,7 @@ def _half_load(bb: BrokerBench, streams: list[StreamSpec], onnx: Path, seconds: 
     cfg_path = bb.workdir / f"{prefix}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     worker, stats = bb._start_worker(cfg, f"{prefix}-w0", {})
-    port = _free_port()
+    port = free_port()
     view_log = bb.workdir / f"{prefix}-view.log"
     view = _start_view(cfg_path, port, view_log)
     clients: list[_MjpegClient] = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,12 @@ import pytest
 from kafka import KafkaProducer
 
 from expnet_stream.events.codec import encode
-from expnet_stream.events.schema import Face, FrameEvent, StreamSummary, pack_coeffs
-from expnet_stream.kafka.broker import EmbeddedBroker
+from expnet_stream.kafka.broker import EmbeddedBroker, free_port
 from expnet_stream.kafka.topics import ensure_topics
 from expnet_stream.models.weights import default_model_path
 from tests.conftest import broker_settings, make_face_video
 from tests.integration.fleet_util import start_ingester, start_worker, stop, worker_config
+from tests.unit.test_view import frame, summary
 
 pytestmark = pytest.mark.integration
 
@@ -83,12 +82,6 @@ def driver(tmp_path: Path) -> Iterator[Any]:
         d.quit()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,43 +109,8 @@ def _video(tmp_path: Path) -> Path:
 def _hostile_events(stream_id: str) -> list[bytes]:
     """A frame event and a summary of a stream named with HTML, with an emotion class made of HTML."""
     now = time.time()
-    face = Face(
-        track_id=7,
-        box=(10, 10, 50, 50),
-        score=0.9,
-        coeffs=pack_coeffs([0.0] * 29),
-        emotions={HOSTILE_CLASS: 0.9, "neutral": 0.1},
-    )
-    frame = FrameEvent(
-        event_id=f"{stream_id}:0",
-        stream_id=stream_id,
-        frame_seq=0,
-        pts=0,
-        time_base=(1, 25),
-        pts_time=0.0,
-        capture_time=now,
-        publish_time=now,
-        width=64,
-        height=64,
-        model_id="m",
-        model_trained=True,
-        basis_id="b",
-        faces=[face],
-    )
-    summary = StreamSummary(
-        event_id=f"{stream_id}:end",
-        stream_id=stream_id,
-        packets=1,
-        packets_skipped=0,
-        frames_decoded=1,
-        frames_sampled=1,
-        frames_with_faces=1,
-        faces=1,
-        model_id="m",
-        publish_time=now + 0.1,
-        end_reason="eof",
-    )
-    return [encode(frame), encode(summary)]
+    hostile = frame(stream_id, now, emotions={HOSTILE_CLASS: 0.9, "neutral": 0.1})
+    return [encode(hostile), encode(summary(stream_id, now + 0.1))]
 
 
 def test_view_in_a_browser(driver: Any, broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> None:
@@ -163,7 +121,7 @@ def test_view_in_a_browser(driver: Any, broker: EmbeddedBroker, topic_prefix: st
     cfg = worker_config(tmp_path, "w0", broker.bootstrap, topic_prefix, onnx, topics={"input_partitions": 1})
     worker_log, view_log = tmp_path / "worker.log", tmp_path / "view.log"
     worker = start_worker(cfg, worker_log)
-    port = _free_port()
+    port = free_port()
     view_cmd = [sys.executable, "-m", "expnet_stream.cli.main", "view", "--config", str(cfg), "--port", str(port)]
     view = subprocess.Popen(
         [*view_cmd, "--token", TOKEN, "--idle-after", "3"],

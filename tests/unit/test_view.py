@@ -47,13 +47,21 @@ ROUTES = [
 ]
 
 
-def frame(stream_id: str, t: float, *, classes: tuple[str, ...] = ("happiness", "neutral"), seq: int = 0) -> FrameEvent:
+def frame(
+    stream_id: str,
+    t: float,
+    *,
+    classes: tuple[str, ...] = ("happiness", "neutral"),
+    seq: int = 0,
+    emotions: dict[str, float] | None = None,
+) -> FrameEvent:
+    """A frame event with one face: equal shares of ``classes``, or ``emotions``."""
     face = Face(
         track_id=1,
         box=(10, 10, 60, 60),
         score=0.9,
         coeffs=pack_coeffs(np.zeros(29)),
-        emotions={c: 1.0 / len(classes) for c in classes},
+        emotions=emotions or {c: 1.0 / len(classes) for c in classes},
     )
     return FrameEvent(
         event_id=f"{stream_id}:{seq}",
